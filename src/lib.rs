@@ -1,0 +1,12 @@
+//! # wgconv
+//!
+//! Convolution and pooling layers for CNN training as WGSL compute kernels on `wgpu`, with
+//! PyTorch's semantics and a CPU reference that defines the right answer.
+#![warn(missing_docs)]
+
+pub mod error;
+pub mod reference;
+pub mod spec;
+
+pub use error::{Error, Result};
+pub use spec::{Conv2dGeometry, Conv2dSpec, Padding2d, Pool2dGeometry, Pool2dSpec};

@@ -1,0 +1,135 @@
+//! CPU reference for every op, generic over `f32` and `f64`: the definition of the right answer.
+//!
+//! The top-level functions are the contract API. Convolutions run on the fast path
+//! ([`gemm`]: im2col + GEMM for forward and dW, GEMM + col2im for dx, parallel over the batch);
+//! the two other methods stay available and are cross-checked against it in the tests:
+//! [`direct`], the obvious loops (the oracle), and [`transposed`], dx as the explicit
+//! dilate-pad-rotate transposed convolution. Pooling has one method, direct loops following
+//! PyTorch's scan order exactly ([`pool`]).
+//!
+//! ```
+//! use ndarray::Array4;
+//! use wgconv::{Conv2dSpec, Padding2d, reference};
+//! let x = Array4::<f64>::ones((1, 1, 4, 4));
+//! let w = Array4::<f64>::ones((1, 1, 3, 3));
+//! let spec = Conv2dSpec::new().with_padding(Padding2d::symmetric(1, 1));
+//! let y = reference::conv2d_forward(x.view(), w.view(), None, &spec).unwrap();
+//! assert_eq!(y[[0, 0, 0, 0]], 4.0); // corner: 2x2 of the window inside the input
+//! assert_eq!(y[[0, 0, 1, 1]], 9.0);
+//! ```
+
+pub mod direct;
+pub mod gemm;
+pub mod pool;
+pub mod transposed;
+
+use ndarray::{Array1, Array4, ArrayView1, ArrayView4, Axis};
+
+use crate::error::{Result, mismatch};
+use crate::spec::{Conv2dSpec, Pool2dSpec};
+
+/// Scalar types the reference runs in: `f32` and `f64`.
+pub trait Element:
+    num_traits::Float
+    + ndarray::LinalgScalar
+    + ndarray::ScalarOperand
+    + std::iter::Sum
+    + std::ops::AddAssign
+    + std::fmt::Debug
+    + std::fmt::Display
+    + Default
+    + Send
+    + Sync
+    + 'static
+{
+}
+impl Element for f32 {}
+impl Element for f64 {}
+
+pub(crate) fn dims4<A>(a: &ArrayView4<A>) -> [usize; 4] {
+    let s = a.shape();
+    [s[0], s[1], s[2], s[3]]
+}
+
+pub(crate) fn check_bias<A>(bias: Option<&ArrayView1<A>>, k: usize) -> Result<()> {
+    match bias {
+        Some(b) if b.len() != k => Err(mismatch(format!(
+            "bias has {} elements but the weight has K = {k} output channels",
+            b.len()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// `y = conv2d(x, w) + bias`: x `[N, C, H, W]`, w `[K, C/groups, kh, kw]`, bias `[K]`.
+pub fn conv2d_forward<A: Element>(
+    x: ArrayView4<A>,
+    w: ArrayView4<A>,
+    bias: Option<ArrayView1<A>>,
+    spec: &Conv2dSpec,
+) -> Result<Array4<A>> {
+    gemm::conv2d_forward(x, w, bias, spec)
+}
+
+/// dx `[N, C, H, W]` from dy `[N, K, OH, OW]` and w; `input_hw` is the forward input's `[H, W]`.
+pub fn conv2d_backward_input<A: Element>(
+    dy: ArrayView4<A>,
+    w: ArrayView4<A>,
+    input_hw: [usize; 2],
+    spec: &Conv2dSpec,
+) -> Result<Array4<A>> {
+    gemm::conv2d_backward_input(dy, w, input_hw, spec)
+}
+
+/// dW `[K, C/groups, kh, kw]` from x and dy, summed over the batch and output positions.
+pub fn conv2d_backward_weight<A: Element>(
+    x: ArrayView4<A>,
+    dy: ArrayView4<A>,
+    kernel_hw: [usize; 2],
+    spec: &Conv2dSpec,
+) -> Result<Array4<A>> {
+    gemm::conv2d_backward_weight(x, dy, kernel_hw, spec)
+}
+
+/// db `[K]`: dy summed over N, OH and OW (in that order, per channel).
+pub fn conv2d_backward_bias<A: Element>(dy: ArrayView4<A>) -> Array1<A> {
+    let k = dy.shape()[1];
+    Array1::from_shape_fn(k, |c| dy.index_axis(Axis(1), c).iter().copied().sum())
+}
+
+/// Max-pool: values and the flat `h * W + w` index of each window's maximum in its input plane.
+pub fn max_pool2d_forward<A: Element>(
+    x: ArrayView4<A>,
+    spec: &Pool2dSpec,
+) -> Result<(Array4<A>, Array4<u32>)> {
+    pool::max_pool2d_forward(x, spec)
+}
+
+/// Max-pool backward: dy added into dx at each window's index.
+pub fn max_pool2d_backward<A: Element>(
+    dy: ArrayView4<A>,
+    indices: ArrayView4<u32>,
+    input_hw: [usize; 2],
+    spec: &Pool2dSpec,
+) -> Result<Array4<A>> {
+    pool::max_pool2d_backward(dy, indices, input_hw, spec)
+}
+
+/// Average pool with zero padding and PyTorch's divisor rules.
+pub fn avg_pool2d_forward<A: Element>(
+    x: ArrayView4<A>,
+    spec: &Pool2dSpec,
+    count_include_pad: bool,
+) -> Result<Array4<A>> {
+    pool::avg_pool2d_forward(x, spec, count_include_pad)
+}
+
+/// Average-pool backward: each dy spread evenly (by the forward's divisor) over its window.
+pub fn avg_pool2d_backward<A: Element>(
+    dy: ArrayView4<A>,
+    input_hw: [usize; 2],
+    spec: &Pool2dSpec,
+    count_include_pad: bool,
+) -> Result<Array4<A>> {
+    pool::avg_pool2d_backward(dy, input_hw, spec, count_include_pad)
+}

@@ -1,0 +1,144 @@
+//! Max- and average-pooling as direct loops that follow PyTorch's CPU kernels step for step:
+//! the same window bounds, the same scan order, the same divisors.
+
+use ndarray::{Array4, ArrayView4};
+
+use super::{Element, dims4};
+use crate::error::{Error, Result, invalid, mismatch};
+use crate::spec::Pool2dSpec;
+
+/// Indices are `u32` flat positions in an `H × W` plane.
+pub(crate) fn check_plane_indexable(h: usize, w: usize) -> Result<()> {
+    match h.checked_mul(w) {
+        Some(p) if p <= 1 << 32 => Ok(()),
+        _ => Err(Error::Overflow(format!(
+            "max-pool input plane {h} x {w} has more elements than u32 indices can address"
+        ))),
+    }
+}
+
+/// Max-pool forward: each window scanned row-major from its first in-bounds element, taking `v`
+/// when `v > max || v.is_nan()`.
+pub fn max_pool2d_forward<A: Element>(
+    x: ArrayView4<A>,
+    spec: &Pool2dSpec,
+) -> Result<(Array4<A>, Array4<u32>)> {
+    let g = spec.geometry(dims4(&x))?;
+    check_plane_indexable(g.h, g.w)?;
+    let [dh, dw] = spec.dilation;
+    let mut y = Array4::zeros(g.y_shape());
+    let mut idx = Array4::zeros(g.y_shape());
+    for n in 0..g.n {
+        for c in 0..g.c {
+            for oh in 0..g.oh {
+                let (h0, h1) = g.max_window(0, oh);
+                for ow in 0..g.ow {
+                    let (w0, w1) = g.max_window(1, ow);
+                    let mut best = A::neg_infinity();
+                    let mut at = h0 * g.w + w0;
+                    for ih in (h0..h1).step_by(dh) {
+                        for iw in (w0..w1).step_by(dw) {
+                            let v = x[[n, c, ih, iw]];
+                            if v > best || v.is_nan() {
+                                best = v;
+                                at = ih * g.w + iw;
+                            }
+                        }
+                    }
+                    y[[n, c, oh, ow]] = best;
+                    idx[[n, c, oh, ow]] = at as u32;
+                }
+            }
+        }
+    }
+    Ok((y, idx))
+}
+
+/// Max-pool backward: `dx[index] += dy` for every output position, in output order.
+pub fn max_pool2d_backward<A: Element>(
+    dy: ArrayView4<A>,
+    indices: ArrayView4<u32>,
+    input_hw: [usize; 2],
+    spec: &Pool2dSpec,
+) -> Result<Array4<A>> {
+    let g = spec.backward_geometry(dims4(&dy), input_hw, false)?;
+    check_plane_indexable(g.h, g.w)?;
+    if indices.shape() != dy.shape() {
+        return Err(mismatch(format!(
+            "indices shape {:?} differs from dy shape {:?}",
+            indices.shape(),
+            dy.shape()
+        )));
+    }
+    let plane = g.h * g.w;
+    let mut dx = Array4::zeros(g.x_shape());
+    for ((n, c, oh, ow), &i) in indices.indexed_iter() {
+        let i = i as usize;
+        if i >= plane {
+            return Err(invalid(format!(
+                "index {i} at [{n}, {c}, {oh}, {ow}] is outside the {} x {} input plane",
+                g.h, g.w
+            )));
+        }
+        dx[[n, c, i / g.w, i % g.w]] += dy[[n, c, oh, ow]];
+    }
+    Ok(dx)
+}
+
+/// Average-pool forward: the window's sum (zero padding) over PyTorch's divisor.
+pub fn avg_pool2d_forward<A: Element>(
+    x: ArrayView4<A>,
+    spec: &Pool2dSpec,
+    count_include_pad: bool,
+) -> Result<Array4<A>> {
+    let g = spec.avg_geometry(dims4(&x))?;
+    let mut y = Array4::zeros(g.y_shape());
+    for n in 0..g.n {
+        for c in 0..g.c {
+            for oh in 0..g.oh {
+                let (h0, h1, _) = g.avg_window(0, oh);
+                for ow in 0..g.ow {
+                    let (w0, w1, _) = g.avg_window(1, ow);
+                    let mut sum = A::zero();
+                    for ih in h0..h1 {
+                        for iw in w0..w1 {
+                            sum += x[[n, c, ih, iw]];
+                        }
+                    }
+                    let div = g.avg_divisor(oh, ow, count_include_pad);
+                    y[[n, c, oh, ow]] = sum / A::from(div).expect("divisor fits a float");
+                }
+            }
+        }
+    }
+    Ok(y)
+}
+
+/// Average-pool backward: `dy / divisor` added to every input element of the window.
+pub fn avg_pool2d_backward<A: Element>(
+    dy: ArrayView4<A>,
+    input_hw: [usize; 2],
+    spec: &Pool2dSpec,
+    count_include_pad: bool,
+) -> Result<Array4<A>> {
+    let g = spec.backward_geometry(dims4(&dy), input_hw, true)?;
+    let mut dx = Array4::zeros(g.x_shape());
+    for n in 0..g.n {
+        for c in 0..g.c {
+            for oh in 0..g.oh {
+                let (h0, h1, _) = g.avg_window(0, oh);
+                for ow in 0..g.ow {
+                    let (w0, w1, _) = g.avg_window(1, ow);
+                    let div = g.avg_divisor(oh, ow, count_include_pad);
+                    let v = dy[[n, c, oh, ow]] / A::from(div).expect("divisor fits a float");
+                    for ih in h0..h1 {
+                        for iw in w0..w1 {
+                            dx[[n, c, ih, iw]] += v;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(dx)
+}
