@@ -4,9 +4,12 @@
 //! PyTorch's semantics and a CPU reference that defines the right answer.
 #![warn(missing_docs)]
 
+pub mod compare;
 pub mod error;
+pub mod gpu;
 pub mod reference;
 pub mod spec;
 
 pub use error::{Error, Result};
+pub use gpu::{Gpu, GpuBuilder, IndexTensor, PoolStats, Tensor};
 pub use spec::{Conv2dGeometry, Conv2dSpec, Padding2d, Pool2dGeometry, Pool2dSpec};

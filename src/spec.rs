@@ -587,6 +587,7 @@ impl Pool2dSpec {
 
     /// Geometry of an average pool: as [`Pool2dSpec::geometry`], and dilation must be 1.
     pub fn avg_geometry(&self, x: [usize; 4]) -> Result<Pool2dGeometry> {
+        self.validate()?;
         if self.dilation != [1, 1] {
             return Err(invalid(format!(
                 "avg-pool dilation must be [1, 1], got {:?}",

@@ -1,0 +1,72 @@
+// conv2d dx: one invocation per input element dx[n, c, ih, iw], gathering the transposed
+// convolution of dy by index arithmetic. The stride-dilated dy is never built: a kernel tap i
+// reaches this element from output row oh = (ih + pt - i*dh) / sh only when that division is
+// exact, so the zeros the dilation would insert are skipped, never multiplied. Kernel taps are
+// walked in reverse (the 180-degree rotation), in/out channels swapped within the group.
+
+struct Params {
+    n: u32, c: u32, h: u32, w: u32,
+    k: u32, kh: u32, kw: u32, groups: u32,
+    oh: u32, ow: u32, cg: u32, kg: u32,
+    stride_h: u32, stride_w: u32, dil_h: u32, dil_w: u32,
+    pad_top: u32, pad_left: u32, has_bias: u32, accumulate: u32,
+    x_off: u32, w_off: u32, b_off: u32, dy_off: u32,
+    out_off: u32, total: u32, splits: u32, split_len: u32,
+    _pad0: u32, _pad1: u32, _pad2: u32, _pad3: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> dy: array<f32>;
+@group(0) @binding(2) var<storage, read> wt: array<f32>;
+@group(0) @binding(3) var<storage, read_write> dx: array<f32>;
+
+override WG: u32 = 64u;
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let idx = (wid.x + wid.y * nwg.x) * WG + lid;
+    if (idx >= p.total) {
+        return;
+    }
+    let iw = idx % p.w;
+    var t = idx / p.w;
+    let ih = t % p.h;
+    t = t / p.h;
+    let c = t % p.c;
+    let n = t / p.c;
+    let g = c / p.cg;
+    let cl = c % p.cg;
+
+    // Position of this element in padded coordinates.
+    let ph = ih + p.pad_top;
+    let pw = iw + p.pad_left;
+    var acc = 0.0;
+    for (var kk = 0u; kk < p.kg; kk++) {
+        let k = g * p.kg + kk;
+        let dy_plane = p.dy_off + (n * p.k + k) * p.oh * p.ow;
+        let w_base = p.w_off + ((k * p.cg + cl) * p.kh) * p.kw;
+        for (var i = 0u; i < p.kh; i++) {
+            let th = i32(ph) - i32(i * p.dil_h);
+            if (th < 0 || u32(th) % p.stride_h != 0u) {
+                continue;
+            }
+            let oh = u32(th) / p.stride_h;
+            if (oh >= p.oh) {
+                continue;
+            }
+            for (var j = 0u; j < p.kw; j++) {
+                let tw = i32(pw) - i32(j * p.dil_w);
+                if (tw < 0 || u32(tw) % p.stride_w != 0u) {
+                    continue;
+                }
+                let ow = u32(tw) / p.stride_w;
+                if (ow >= p.ow) {
+                    continue;
+                }
+                acc += dy[dy_plane + oh * p.ow + ow] * wt[w_base + i * p.kw + j];
+            }
+        }
+    }
+    dx[p.out_off + idx] = acc;
+}

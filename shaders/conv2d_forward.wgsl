@@ -1,0 +1,62 @@
+// conv2d forward, direct: one invocation per output element y[n, k, oh, ow].
+// y = bias[k] + sum over (c, i, j) of x[n, g*cg + c, oh*sh - pt + i*dh, ow*sw - pl + j*dw] * w[k, c, i, j]
+
+struct Params {
+    n: u32, c: u32, h: u32, w: u32,
+    k: u32, kh: u32, kw: u32, groups: u32,
+    oh: u32, ow: u32, cg: u32, kg: u32,
+    stride_h: u32, stride_w: u32, dil_h: u32, dil_w: u32,
+    pad_top: u32, pad_left: u32, has_bias: u32, accumulate: u32,
+    x_off: u32, w_off: u32, b_off: u32, dy_off: u32,
+    out_off: u32, total: u32, splits: u32, split_len: u32,
+    _pad0: u32, _pad1: u32, _pad2: u32, _pad3: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> wt: array<f32>;
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(4) var<storage, read_write> y: array<f32>;
+
+override WG: u32 = 64u;
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let idx = (wid.x + wid.y * nwg.x) * WG + lid;
+    if (idx >= p.total) {
+        return;
+    }
+    let ow = idx % p.ow;
+    var t = idx / p.ow;
+    let oh = t % p.oh;
+    t = t / p.oh;
+    let k = t % p.k;
+    let n = t / p.k;
+    let c0 = (k / p.kg) * p.cg;
+
+    var acc = 0.0;
+    if (p.has_bias != 0u) {
+        acc = bias[p.b_off + k];
+    }
+    let ih0 = i32(oh * p.stride_h) - i32(p.pad_top);
+    let iw0 = i32(ow * p.stride_w) - i32(p.pad_left);
+    for (var c = 0u; c < p.cg; c++) {
+        let x_plane = p.x_off + ((n * p.c + c0 + c) * p.h) * p.w;
+        let w_base = p.w_off + ((k * p.cg + c) * p.kh) * p.kw;
+        for (var i = 0u; i < p.kh; i++) {
+            let ih = ih0 + i32(i * p.dil_h);
+            if (ih < 0 || ih >= i32(p.h)) {
+                continue;
+            }
+            for (var j = 0u; j < p.kw; j++) {
+                let iw = iw0 + i32(j * p.dil_w);
+                if (iw < 0 || iw >= i32(p.w)) {
+                    continue;
+                }
+                acc += x[x_plane + u32(ih) * p.w + u32(iw)] * wt[w_base + i * p.kw + j];
+            }
+        }
+    }
+    y[p.out_off + idx] = acc;
+}

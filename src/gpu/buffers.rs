@@ -1,0 +1,164 @@
+//! The buffer pool: storage, uniform and staging buffers are recycled by size class, so that a
+//! training loop calling the same ops over and over stops allocating after its first step.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+
+/// What a pooled buffer is for; each kind has its own usage flags and free lists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum BufferKind {
+    /// Tensors and scratch: `STORAGE | COPY_SRC | COPY_DST`.
+    Storage,
+    /// Kernel parameters: `UNIFORM | COPY_DST`.
+    Uniform,
+    /// Readback: `MAP_READ | COPY_DST`.
+    Staging,
+}
+
+impl BufferKind {
+    fn usage(self) -> wgpu::BufferUsages {
+        use wgpu::BufferUsages as U;
+        match self {
+            BufferKind::Storage => U::STORAGE | U::COPY_SRC | U::COPY_DST,
+            BufferKind::Uniform => U::UNIFORM | U::COPY_DST,
+            BufferKind::Staging => U::MAP_READ | U::COPY_DST,
+        }
+    }
+}
+
+/// Counters of the pool, for soak tests and diagnostics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Bytes in free buffers the pool holds for reuse.
+    pub held_bytes: u64,
+    /// Free buffers the pool holds.
+    pub held_buffers: usize,
+    /// Buffers created since the `Gpu` was made.
+    pub allocations: u64,
+    /// Requests served by a recycled buffer.
+    pub reuses: u64,
+}
+
+pub(crate) struct Pool {
+    free: HashMap<(BufferKind, u64), Vec<wgpu::Buffer>>,
+    stats: PoolStats,
+    limit_bytes: u64,
+    max_buffer_size: u64,
+}
+
+/// Size class of a request: 256-byte granules up to 4 KiB, then eighths of a power of two,
+/// so that a reused buffer wastes at most an eighth.
+fn size_class(bytes: u64) -> u64 {
+    let bytes = bytes.max(4);
+    if bytes <= 4096 {
+        return bytes.div_ceil(256) * 256;
+    }
+    let step = bytes.next_power_of_two() / 8;
+    bytes.div_ceil(step) * step
+}
+
+impl Pool {
+    pub fn new(limit_bytes: u64, max_buffer_size: u64) -> Self {
+        Pool {
+            free: HashMap::new(),
+            stats: PoolStats::default(),
+            limit_bytes,
+            max_buffer_size,
+        }
+    }
+
+    pub fn stats(&self) -> PoolStats {
+        self.stats
+    }
+
+    pub fn clear(&mut self) {
+        self.free.clear();
+        self.stats.held_bytes = 0;
+        self.stats.held_buffers = 0;
+    }
+}
+
+/// A buffer on loan from the pool; dropping it gives it back.
+pub(crate) struct PooledBuffer {
+    buffer: Option<wgpu::Buffer>,
+    kind: BufferKind,
+    pool: Weak<Mutex<Pool>>,
+}
+
+impl PooledBuffer {
+    pub fn buffer(&self) -> &wgpu::Buffer {
+        self.buffer.as_ref().expect("present until drop")
+    }
+}
+
+impl Drop for PooledBuffer {
+    fn drop(&mut self) {
+        let (Some(buffer), Some(pool)) = (self.buffer.take(), self.pool.upgrade()) else {
+            return;
+        };
+        let mut pool = pool.lock().unwrap_or_else(|e| e.into_inner());
+        let size = buffer.size();
+        if pool.stats.held_bytes + size > pool.limit_bytes {
+            buffer.destroy();
+            return;
+        }
+        pool.stats.held_bytes += size;
+        pool.stats.held_buffers += 1;
+        pool.free.entry((self.kind, size)).or_default().push(buffer);
+    }
+}
+
+/// Takes a buffer of at least `bytes` from the pool or creates one. Creation errors (out of
+/// memory, over the device's limits) surface through the caller's error scope.
+pub(crate) fn take(
+    pool: &Arc<Mutex<Pool>>,
+    device: &wgpu::Device,
+    kind: BufferKind,
+    bytes: u64,
+) -> PooledBuffer {
+    let mut guard = pool.lock().unwrap_or_else(|e| e.into_inner());
+    let mut size = size_class(bytes);
+    if size > guard.max_buffer_size {
+        size = bytes.max(4).div_ceil(4) * 4;
+    }
+    let recycled = guard.free.get_mut(&(kind, size)).and_then(Vec::pop);
+    let buffer = match recycled {
+        Some(b) => {
+            guard.stats.held_bytes -= size;
+            guard.stats.held_buffers -= 1;
+            guard.stats.reuses += 1;
+            b
+        }
+        None => {
+            guard.stats.allocations += 1;
+            drop(guard);
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("wgconv"),
+                size,
+                usage: kind.usage(),
+                mapped_at_creation: false,
+            })
+        }
+    };
+    PooledBuffer {
+        buffer: Some(buffer),
+        kind,
+        pool: Arc::downgrade(pool),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::size_class;
+
+    #[test]
+    fn size_classes_cover_requests_with_little_waste() {
+        for bytes in [1u64, 4, 255, 256, 257, 4096, 4097, 10_000, 1 << 20, (1 << 20) + 1, 3 << 30] {
+            let c = size_class(bytes);
+            assert!(c >= bytes && c % 4 == 0, "{bytes} -> {c}");
+            if bytes > 4096 {
+                assert!(c - bytes <= bytes / 4, "{bytes} -> {c}");
+            }
+        }
+    }
+}
