@@ -183,6 +183,7 @@ impl GpuBuilder {
             poll_timeout: self.poll_timeout.unwrap_or(Duration::from_secs(60)),
             max_binding,
             align,
+            profiler: Mutex::new(None),
         })
     }
 }
@@ -303,7 +304,19 @@ pub struct Gpu {
     max_binding: u64,
     /// `min_storage_buffer_offset_alignment`.
     align: u64,
+    /// Set while [`Gpu::time_gpu`] runs: timestamp queries around every compute pass.
+    profiler: Mutex<Option<Profiler>>,
 }
+
+/// Timestamp queries for the compute passes recorded while [`Gpu::time_gpu`] runs.
+struct Profiler {
+    query: wgpu::QuerySet,
+    capacity: u32,
+    used: u32,
+}
+
+/// Compute passes one [`Gpu::time_gpu`] call can time.
+const PROFILE_PASSES: u32 = 1024;
 
 impl std::fmt::Debug for Gpu {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -533,9 +546,20 @@ impl Gpu {
             .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(op) });
         let mut uniforms = Vec::with_capacity(dispatches.len());
         {
+            let mut profiler = self.profiler.lock().unwrap_or_else(|e| e.into_inner());
+            let timestamp_writes = profiler.as_mut().and_then(|p| {
+                (p.used < p.capacity).then(|| {
+                    p.used += 1;
+                    wgpu::ComputePassTimestampWrites {
+                        query_set: &p.query,
+                        beginning_of_pass_write_index: Some(2 * p.used - 2),
+                        end_of_pass_write_index: Some(2 * p.used - 1),
+                    }
+                })
+            });
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some(op),
-                timestamp_writes: None,
+                timestamp_writes,
             });
             for d in dispatches {
                 let (gx, gy) = self.grid(d.kernel, d.items)?;
@@ -573,6 +597,68 @@ impl Gpu {
         }
         self.queue.submit([encoder.finish()]);
         scope.finish(self, op)
+    }
+
+    /// Whether the device has timestamp queries, so [`Gpu::time_gpu`] can measure on the GPU.
+    pub fn has_timestamps(&self) -> bool {
+        self.device.features().contains(wgpu::Features::TIMESTAMP_QUERY)
+    }
+
+    /// Runs `f` and measures, with timestamp queries, the GPU time of the compute passes the ops
+    /// inside it record (the sum of their durations, in milliseconds; one pass per op call).
+    /// Waits for the GPU. Returns `None` for the time when the adapter has no timestamp queries.
+    /// Passes recorded by other threads meanwhile are counted too.
+    ///
+    /// ```no_run
+    /// # fn main() -> wgconv::Result<()> {
+    /// # let gpu = wgconv::Gpu::new()?;
+    /// # let x = gpu.upload(&ndarray::Array4::<f32>::ones((1, 1, 8, 8)))?;
+    /// let spec = wgconv::Pool2dSpec::new([2, 2]);
+    /// let (y, ms) = gpu.time_gpu(|| gpu.avg_pool2d_forward(&x, &spec, true))?;
+    /// println!("{:?} in {ms:?} ms", y.shape());
+    /// # Ok(()) }
+    /// ```
+    pub fn time_gpu<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<(T, Option<f64>)> {
+        if !self.has_timestamps() {
+            return Ok((f()?, None));
+        }
+        let query = self.device.create_query_set(&wgpu::QuerySetDescriptor {
+            label: Some("wgconv timestamps"),
+            ty: wgpu::QueryType::Timestamp,
+            count: 2 * PROFILE_PASSES,
+        });
+        *self.profiler.lock().unwrap_or_else(|e| e.into_inner()) = Some(Profiler {
+            query,
+            capacity: PROFILE_PASSES,
+            used: 0,
+        });
+        let out = f();
+        let profiler = self.profiler.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let out = out?;
+        let Some(p) = profiler.filter(|p| p.used > 0) else {
+            return Ok((out, Some(0.0)));
+        };
+        let bytes = u64::from(p.used) * 16;
+        let scope = self.scope();
+        let resolve = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("wgconv timestamp resolve"),
+            size: bytes,
+            usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        let mut encoder = self
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("timestamps") });
+        encoder.resolve_query_set(&p.query, 0..2 * p.used, &resolve, 0);
+        self.queue.submit([encoder.finish()]);
+        scope.finish(self, "time_gpu")?;
+        let stamps: Vec<u64> = bytemuck::pod_collect_to_vec(&self.read_bytes(&resolve, bytes)?);
+        let period_ns = f64::from(self.queue.get_timestamp_period());
+        let ticks: u64 = stamps
+            .chunks_exact(2)
+            .map(|pair| pair[1].saturating_sub(pair[0]))
+            .sum();
+        Ok((out, Some(ticks as f64 * period_ns / 1e6)))
     }
 
     /// Fills `raw` with `bits` (NaN for f32 outputs) so an element no kernel writes is caught.

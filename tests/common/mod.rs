@@ -206,3 +206,37 @@ pub fn assert_close<D: Dimension>(got: &Array<f64, D>, want: &Array<f64, D>, rel
         "{what}: max error {err:e} > {rel:e} * {scale}\n got {got:?}\nwant {want:?}"
     );
 }
+
+/// One `Gpu` shared by a test binary's tests, with outputs poisoned (NaN / u32::MAX) before every
+/// op so that an element a kernel fails to write cannot pass. Without an adapter the tests fail,
+/// loudly, saying which driver to install: they are never skipped.
+pub fn gpu() -> &'static wgconv::Gpu {
+    static GPU: std::sync::OnceLock<wgconv::Gpu> = std::sync::OnceLock::new();
+    GPU.get_or_init(|| {
+        let gpu = wgconv::Gpu::builder()
+            .poison_outputs(true)
+            .build()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "GPU tests need a wgpu adapter and none could be used: {e}\n\
+                     On a machine without a GPU install Mesa's software drivers \
+                     (`apt-get install mesa-vulkan-drivers` for Vulkan lavapipe; GL llvmpipe \
+                     comes with libgl1-mesa-dri/libegl-mesa0) and run with WGPU_BACKEND=vulkan \
+                     or WGPU_BACKEND=gl."
+                )
+            });
+        let info = gpu.adapter_info();
+        eprintln!("GPU tests on {} ({:?})", info.name, info.backend);
+        gpu
+    })
+}
+
+/// f32 array from f64 values.
+pub fn f32s<D: Dimension>(a: &Array<f64, D>) -> Array<f32, D> {
+    a.mapv(|v| v as f32)
+}
+
+/// f64 array from f32 values.
+pub fn f64s<D: Dimension>(a: &Array<f32, D>) -> Array<f64, D> {
+    a.mapv(f64::from)
+}

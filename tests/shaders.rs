@@ -1,0 +1,132 @@
+//! Every shader in `shaders/` is valid WGSL, translates to SPIR-V, MSL, HLSL and GLSL with naga
+//! (no GPU needed), and its `Params` struct matches the Rust params block byte for byte.
+
+use std::path::Path;
+
+use naga::back;
+use naga::valid::{Capabilities, ValidationFlags, Validator};
+use wgconv::gpu::kernels::Kernel;
+
+fn validate(module: &naga::Module) -> naga::valid::ModuleInfo {
+    Validator::new(ValidationFlags::all(), Capabilities::default())
+        .validate(module)
+        .unwrap_or_else(|e| panic!("validation: {e:?}"))
+}
+
+fn translate_all(name: &str, source: &str) {
+    let module = naga::front::wgsl::parse_str(source)
+        .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(source)));
+    let info = validate(&module);
+    // Resolve `override` constants as a pipeline would (the backends need concrete values).
+    let mut constants = back::PipelineConstants::default();
+    for (_, o) in module.overrides.iter() {
+        if o.name.as_deref() == Some("WG") {
+            constants.insert("WG".to_string(), 64.0);
+        }
+    }
+    let (module, info) = back::pipeline_constants::process_overrides(
+        &module,
+        &info,
+        Some((naga::ShaderStage::Compute, "main")),
+        &constants,
+    )
+    .unwrap_or_else(|e| panic!("{name}: overrides: {e:?}"));
+    let (module, info) = (module.into_owned(), info.into_owned());
+
+    let spv = back::spv::write_vec(&module, &info, &back::spv::Options::default(), None)
+        .unwrap_or_else(|e| panic!("{name}: SPIR-V: {e:?}"));
+    assert!(spv.len() > 10, "{name}: SPIR-V");
+
+    let msl_pipeline = back::msl::PipelineOptions {
+        entry_point: Some((naga::ShaderStage::Compute, "main".into())),
+        ..Default::default()
+    };
+    let (msl, _) = back::msl::write_string(&module, &info, &back::msl::Options::default(), &msl_pipeline)
+        .unwrap_or_else(|e| panic!("{name}: MSL: {e:?}"));
+    assert!(msl.contains("kernel"), "{name}: MSL");
+
+    let mut hlsl = String::new();
+    let hlsl_options = back::hlsl::Options::default();
+    let hlsl_pipeline = back::hlsl::PipelineOptions {
+        entry_point: Some((naga::ShaderStage::Compute, "main".into())),
+    };
+    back::hlsl::Writer::new(&mut hlsl, &hlsl_options, &hlsl_pipeline)
+        .write(&module, &info, None)
+        .unwrap_or_else(|e| panic!("{name}: HLSL: {e:?}"));
+    assert!(hlsl.contains("numthreads"), "{name}: HLSL");
+
+    let mut glsl = String::new();
+    let glsl_options = back::glsl::Options {
+        version: back::glsl::Version::Embedded { version: 310, is_webgl: false },
+        ..Default::default()
+    };
+    let glsl_pipeline = back::glsl::PipelineOptions {
+        shader_stage: naga::ShaderStage::Compute,
+        entry_point: "main".into(),
+        multiview: None,
+    };
+    back::glsl::Writer::new(
+        &mut glsl,
+        &module,
+        &info,
+        &glsl_options,
+        &glsl_pipeline,
+        naga::proc::BoundsCheckPolicies::default(),
+    )
+    .and_then(|mut w| w.write())
+    .unwrap_or_else(|e| panic!("{name}: GLSL: {e:?}"));
+    assert!(glsl.contains("local_size_x"), "{name}: GLSL");
+}
+
+#[test]
+fn every_shader_validates_and_translates() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
+    let mut count = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "wgsl") {
+            let source = std::fs::read_to_string(&path).unwrap();
+            translate_all(&path.display().to_string(), &source);
+            count += 1;
+        }
+    }
+    assert!(count >= Kernel::ALL.len(), "found {count} shaders");
+}
+
+/// Every kernel the library loads is one of the files checked above, byte for byte.
+#[test]
+fn kernels_load_the_shader_files() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
+    for k in Kernel::ALL {
+        let file = std::fs::read_to_string(dir.join(format!("{}.wgsl", k.name()))).unwrap();
+        assert_eq!(file, k.source(), "{}", k.name());
+    }
+}
+
+/// The WGSL `Params` struct of each kernel has the Rust params block's fields at the same
+/// offsets, and the same size.
+#[test]
+fn params_layout_is_pinned() {
+    for k in Kernel::ALL {
+        let module = naga::front::wgsl::parse_str(k.source()).unwrap();
+        let (fields, size) = k.params_layout();
+        let (members, span) = module
+            .types
+            .iter()
+            .find_map(|(_, ty)| match (&ty.name, &ty.inner) {
+                (Some(n), naga::TypeInner::Struct { members, span }) if n == "Params" => {
+                    Some((members.clone(), *span))
+                }
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("{} has no Params struct", k.name()));
+        let wgsl: Vec<(String, usize)> = members
+            .iter()
+            .map(|m| (m.name.clone().unwrap_or_default(), m.offset as usize))
+            .collect();
+        let rust: Vec<(String, usize)> = fields.iter().map(|&(n, o)| (n.to_string(), o)).collect();
+        assert_eq!(wgsl, rust, "{}: Params fields", k.name());
+        assert_eq!(span as usize, size, "{}: Params size", k.name());
+        assert_eq!(size % 16, 0, "{}: uniform size must be a multiple of 16", k.name());
+    }
+}
