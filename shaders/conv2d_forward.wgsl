@@ -9,7 +9,7 @@ struct Params {
     pad_top: u32, pad_left: u32, has_bias: u32, accumulate: u32,
     x_off: u32, w_off: u32, b_off: u32, dy_off: u32,
     out_off: u32, total: u32, splits: u32, split_len: u32,
-    _pad0: u32, _pad1: u32, _pad2: u32, _pad3: u32,
+    tiles_m: u32, tiles_n: u32, reduce: u32, _pad0: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;

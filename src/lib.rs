@@ -7,9 +7,10 @@
 pub mod compare;
 pub mod error;
 pub mod gpu;
+pub mod nn;
 pub mod reference;
 pub mod spec;
 
 pub use error::{Error, Result};
-pub use gpu::{Gpu, GpuBuilder, IndexTensor, PoolStats, Tensor};
+pub use gpu::{Algorithm, Gpu, GpuBuilder, IndexTensor, PoolStats, Tensor};
 pub use spec::{Conv2dGeometry, Conv2dSpec, Padding2d, Pool2dGeometry, Pool2dSpec};

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use naga::back;
 use naga::valid::{Capabilities, ValidationFlags, Validator};
-use wgconv::gpu::kernels::Kernel;
+use wgconv::gpu::kernels::{Kernel, Tile};
 
 fn validate(module: &naga::Module) -> naga::valid::ModuleInfo {
     Validator::new(ValidationFlags::all(), Capabilities::default())
@@ -13,17 +13,13 @@ fn validate(module: &naga::Module) -> naga::valid::ModuleInfo {
         .unwrap_or_else(|e| panic!("validation: {e:?}"))
 }
 
-fn translate_all(name: &str, source: &str) {
+fn translate_all(name: &str, source: &str, constants: &[(&str, f64)]) {
     let module = naga::front::wgsl::parse_str(source)
         .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(source)));
     let info = validate(&module);
     // Resolve `override` constants as a pipeline would (the backends need concrete values).
-    let mut constants = back::PipelineConstants::default();
-    for (_, o) in module.overrides.iter() {
-        if o.name.as_deref() == Some("WG") {
-            constants.insert("WG".to_string(), 64.0);
-        }
-    }
+    let constants: back::PipelineConstants =
+        constants.iter().map(|&(k, v)| (k.to_string(), v)).collect();
     let (module, info) = back::pipeline_constants::process_overrides(
         &module,
         &info,
@@ -41,8 +37,13 @@ fn translate_all(name: &str, source: &str) {
         entry_point: Some((naga::ShaderStage::Compute, "main".into())),
         ..Default::default()
     };
-    let (msl, _) = back::msl::write_string(&module, &info, &back::msl::Options::default(), &msl_pipeline)
-        .unwrap_or_else(|e| panic!("{name}: MSL: {e:?}"));
+    let (msl, _) = back::msl::write_string(
+        &module,
+        &info,
+        &back::msl::Options::default(),
+        &msl_pipeline,
+    )
+    .unwrap_or_else(|e| panic!("{name}: MSL: {e:?}"));
     assert!(msl.contains("kernel"), "{name}: MSL");
 
     let mut hlsl = String::new();
@@ -57,7 +58,10 @@ fn translate_all(name: &str, source: &str) {
 
     let mut glsl = String::new();
     let glsl_options = back::glsl::Options {
-        version: back::glsl::Version::Embedded { version: 310, is_webgl: false },
+        version: back::glsl::Version::Embedded {
+            version: 310,
+            is_webgl: false,
+        },
         ..Default::default()
     };
     let glsl_pipeline = back::glsl::PipelineOptions {
@@ -86,20 +90,33 @@ fn every_shader_validates_and_translates() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "wgsl") {
             let source = std::fs::read_to_string(&path).unwrap();
-            translate_all(&path.display().to_string(), &source);
+            // The overrides' own defaults.
+            translate_all(&path.display().to_string(), &source, &[]);
             count += 1;
         }
     }
     assert!(count >= Kernel::ALL.len(), "found {count} shaders");
 }
 
-/// Every kernel the library loads is one of the files checked above, byte for byte.
+/// Every kernel the library loads is one of the files checked above, byte for byte, and
+/// translates with the override values the library gives it, for every tile it can pick.
 #[test]
 fn kernels_load_the_shader_files() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
     for k in Kernel::ALL {
         let file = std::fs::read_to_string(dir.join(format!("{}.wgsl", k.name()))).unwrap();
         assert_eq!(file, k.source(), "{}", k.name());
+        translate_all(k.name(), k.source(), &k.constants());
+    }
+    for tile in Tile::CANDIDATES {
+        assert!(tile.is_valid(), "{tile:?}");
+        for k in Kernel::tiled(tile) {
+            translate_all(
+                &format!("{} {tile:?}", k.name()),
+                k.source(),
+                &k.constants(),
+            );
+        }
     }
 }
 
@@ -127,6 +144,11 @@ fn params_layout_is_pinned() {
         let rust: Vec<(String, usize)> = fields.iter().map(|&(n, o)| (n.to_string(), o)).collect();
         assert_eq!(wgsl, rust, "{}: Params fields", k.name());
         assert_eq!(span as usize, size, "{}: Params size", k.name());
-        assert_eq!(size % 16, 0, "{}: uniform size must be a multiple of 16", k.name());
+        assert_eq!(
+            size % 16,
+            0,
+            "{}: uniform size must be a multiple of 16",
+            k.name()
+        );
     }
 }

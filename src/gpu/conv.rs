@@ -1,8 +1,8 @@
 //! conv2d forward, dx, dW and db on the GPU.
 
-use super::kernels::{ConvParams, Kernel, ReduceParams};
+use super::kernels::{ConvParams, DxParams, Kernel, ReduceParams, Tile};
 use super::tensor::{Raw, dims4};
-use super::{Bind, Dispatch, Gpu, IndexTensor, Tensor};
+use super::{Algorithm, Bind, Dispatch, Gpu, IndexTensor, Tensor};
 use crate::error::{Error, Result, mismatch};
 use crate::spec::{Conv2dGeometry, Conv2dSpec};
 
@@ -54,7 +54,10 @@ fn conv_params(g: &Conv2dGeometry) -> Result<ConvParams> {
 /// binding.
 fn batch_chunks(gpu: &Gpu, n: usize, units: &[(usize, &str)]) -> Result<Vec<(usize, usize)>> {
     let per = gpu.items_per_chunk(units, n)?;
-    Ok((0..n).step_by(per).map(|n0| (n0, (n0 + per).min(n))).collect())
+    Ok((0..n)
+        .step_by(per)
+        .map(|n0| (n0, (n0 + per).min(n)))
+        .collect())
 }
 
 /// Splits of a reduction of `count` elements into at most `max_splits` ranges.
@@ -65,7 +68,190 @@ fn splits(count: usize, elems: usize) -> (usize, usize) {
     (count.div_ceil(split_len).max(1), split_len)
 }
 
+/// The implicit-GEMM grid over an `m x n` output per group: tiles along m, tiles along n, and
+/// groups, in `params.tiles_m`, `tiles_n` and `total` (workgroups).
+fn tile_grid(
+    params: ConvParams,
+    m: usize,
+    n: usize,
+    groups: usize,
+    tile: Tile,
+) -> Result<(ConvParams, u64)> {
+    let tiles_m = m.div_ceil(tile.bm as usize);
+    let tiles_n = n.div_ceil(tile.bn as usize);
+    let total = tiles_m * tiles_n * groups;
+    Ok((
+        ConvParams {
+            tiles_m: to_u32(tiles_m, "row tiles")?,
+            tiles_n: to_u32(tiles_n, "column tiles")?,
+            total: to_u32(total, "tiles")?,
+            ..params
+        },
+        total as u64,
+    ))
+}
+
+/// Splits of the tiled dW reduction over `count` output pixels: enough workgroups to fill the
+/// device (few on a CPU driver, whose workgroups run on its few threads), each split at least
+/// a few reduction steps long, within the partial-sum budget.
+fn tiled_splits(count: usize, g: &Conv2dGeometry, tile: Tile, cpu: bool) -> (usize, usize) {
+    let tiles = g.kg().div_ceil(tile.bm as usize)
+        * (g.cg() * g.kh * g.kw).div_ceil(tile.bn as usize)
+        * g.groups;
+    let target: usize = if cpu { 8 } else { 1024 };
+    let elems = g.k * g.cg() * g.kh * g.kw;
+    let by_length = count.div_ceil(4 * tile.bk as usize).max(1);
+    let want = target
+        .div_ceil(tiles)
+        .min(by_length)
+        .min(MAX_SPLITS)
+        .min((MAX_PARTIALS / elems.max(1)).max(1))
+        .max(1);
+    let split_len = count.div_ceil(want).div_ceil(tile.bk as usize).max(1) * tile.bk as usize;
+    (count.div_ceil(split_len).max(1), split_len)
+}
+
+/// One stride phase of dx: the input rows (and columns) `first + stride * u`, `u < rows`, and the
+/// kernel taps that reach them.
+struct Phase {
+    first: [usize; 2],
+    rows: [usize; 2],
+    /// Output row (column) reached from `u = 0` by the phase's first tap.
+    base: [i64; 2],
+    /// Reduction length `kg * taps_h * taps_w` and the phase's first entry in the table.
+    taps: usize,
+    tab_off: usize,
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+/// The stride phases of dx and their concatenated tap tables. Per axis and phase `ph`: input
+/// positions with `(pos + pad) % stride == ph`, kernel taps `i` with `i * dil % stride == ph`
+/// (every `stride / gcd(stride, dil)`-th from the first), output index
+/// `(pos + pad - i * dil) / stride = base + u - t * delta`.
+fn dx_phases(g: &Conv2dGeometry) -> Result<(Vec<Phase>, Vec<[i32; 4]>)> {
+    struct Axis {
+        first: usize,
+        rows: usize,
+        base: i64,
+        /// Kernel taps of the phase: (tap index, output shift).
+        taps: Vec<(usize, i64)>,
+    }
+    let axis = |len: usize, pad: usize, k: usize, s: usize, d: usize| -> Vec<Axis> {
+        let step = s / gcd(s, d);
+        let delta = (step * d / s) as i64;
+        (0..s)
+            .map(|ph| {
+                let first = (ph + s - pad % s) % s;
+                let rows = if first < len {
+                    (len - first).div_ceil(s)
+                } else {
+                    0
+                };
+                let i0 = (0..k.min(step)).find(|i| (i * d) % s == ph);
+                let taps: Vec<(usize, i64)> = match i0 {
+                    Some(i0) => (i0..k)
+                        .step_by(step)
+                        .enumerate()
+                        .map(|(t, i)| (i, -(t as i64) * delta))
+                        .collect(),
+                    None => vec![],
+                };
+                let base = match i0 {
+                    Some(i0) => (first as i64 + pad as i64 - (i0 * d) as i64) / s as i64,
+                    None => 0,
+                };
+                Axis {
+                    first,
+                    rows,
+                    base,
+                    taps,
+                }
+            })
+            .collect()
+    };
+    let ah = axis(g.h, g.padding.top, g.kh, g.stride[0], g.dilation[0]);
+    let aw = axis(g.w, g.padding.left, g.kw, g.stride[1], g.dilation[1]);
+    let (plane, khw) = (g.oh * g.ow, g.kh * g.kw);
+    let mut phases = Vec::new();
+    let mut table = Vec::new();
+    for h in &ah {
+        for w in &aw {
+            if h.rows == 0 || w.rows == 0 {
+                continue;
+            }
+            let tab_off = table.len();
+            for k in 0..g.kg() {
+                for &(i, sh) in &h.taps {
+                    for &(j, sw) in &w.taps {
+                        let dy_off = (k * plane) as i64 + sh * g.ow as i64 + sw;
+                        let w_off = k * g.cg() * khw + i * g.kw + j;
+                        table.push([
+                            i32::try_from(dy_off).map_err(|_| overflow("dy tap offset"))?,
+                            sh as i32,
+                            sw as i32,
+                            to_u32(w_off, "weight tap offset")? as i32,
+                        ]);
+                    }
+                }
+            }
+            phases.push(Phase {
+                first: [h.first, w.first],
+                rows: [h.rows, w.rows],
+                base: [h.base, w.base],
+                taps: table.len() - tab_off,
+                tab_off,
+            });
+        }
+    }
+    if table.is_empty() {
+        // Bindings may not be empty; no phase reads this entry.
+        table.push([0; 4]);
+    }
+    Ok((phases, table))
+}
+
+fn overflow(what: &str) -> Error {
+    Error::DeviceLimit(format!(
+        "{what} exceeds the GPU kernels' 31-bit index range"
+    ))
+}
+
+/// The forward's tap table: for each reduction index r = (c, i, j) of a group, the offset of
+/// `x[c, i*dh, j*dw]` from `x[0, 0, 0]` in one sample's group, and the row and column shifts.
+fn forward_taps(g: &Conv2dGeometry) -> Result<Vec<[i32; 4]>> {
+    let mut taps = Vec::with_capacity(g.cg() * g.kh * g.kw);
+    for c in 0..g.cg() {
+        for i in 0..g.kh {
+            for j in 0..g.kw {
+                let (di, dj) = (i * g.dilation[0], j * g.dilation[1]);
+                let off = c * g.h * g.w + di * g.w + dj;
+                taps.push([
+                    to_u32(off, "tap offset")? as i32,
+                    to_u32(di, "tap row")? as i32,
+                    to_u32(dj, "tap column")? as i32,
+                    0,
+                ]);
+            }
+        }
+    }
+    Ok(taps)
+}
+
 impl Gpu {
+    /// Whether a conv runs on the implicit-GEMM kernels: not with the direct algorithm selected,
+    /// and not when the per-group channel counts are too small to fill a tile (depthwise and
+    /// near-depthwise convolutions run on the direct kernels).
+    fn use_tiled(&self, g: &Conv2dGeometry) -> bool {
+        self.algorithm == Algorithm::Tiled && g.kg() >= 8 && g.cg() >= 4
+    }
+
+    fn is_cpu(&self) -> bool {
+        self.info.device_type == wgpu::DeviceType::Cpu
+    }
+
     /// Output tensor for an op, poisoned in checked mode.
     pub(crate) fn new_output(&self, shape: &[usize], what: &str) -> Result<Tensor> {
         let raw = self.alloc(shape, what)?;
@@ -118,24 +304,54 @@ impl Gpu {
                 Some(b) => Bind::whole(b.raw.buffer(), b.len()),
                 None => Bind::whole(&self.dummy, 0),
             };
+            let taps = if self.use_tiled(&g) {
+                Some(self.scratch(bytemuck::cast_slice(&forward_taps(&g)?)))
+            } else {
+                None
+            };
             let mut ds = Vec::new();
             for (n0, n1) in chunks {
                 let (xb, x_off) = self.window(x.raw.buffer(), n0 * xu, n1 * xu);
                 let (yb, out_off) = self.window(y.raw.buffer(), n0 * yu, n1 * yu);
-                let total = (n1 - n0) * yu;
                 let params = ConvParams {
                     n: (n1 - n0) as u32,
                     has_bias: bias.is_some() as u32,
                     x_off,
                     out_off,
-                    total: to_u32(total, "outputs per chunk")?,
+                    reduce: to_u32(g.cg() * g.kh * g.kw, "C/groups x kh x kw")?,
                     ..base
                 };
-                ds.push(Dispatch {
-                    kernel: Kernel::Conv2dForward,
-                    params: bytemuck::bytes_of(&params).to_vec(),
-                    bindings: vec![xb, wb, bb, yb],
-                    items: total as u64,
+                ds.push(match &taps {
+                    Some(taps) => {
+                        let tile = self.tile;
+                        let (params, items) =
+                            tile_grid(params, (n1 - n0) * g.oh * g.ow, g.kg(), g.groups, tile)?;
+                        Dispatch {
+                            kernel: Kernel::Conv2dForwardTiled(tile),
+                            params: bytemuck::bytes_of(&params).to_vec(),
+                            bindings: vec![
+                                xb,
+                                wb,
+                                bb,
+                                Bind::whole(taps.buffer(), 4 * g.cg() * g.kh * g.kw),
+                                yb,
+                            ],
+                            items,
+                        }
+                    }
+                    None => {
+                        let total = (n1 - n0) * yu;
+                        let params = ConvParams {
+                            total: to_u32(total, "outputs per chunk")?,
+                            ..params
+                        };
+                        Dispatch {
+                            kernel: Kernel::Conv2dForward,
+                            params: bytemuck::bytes_of(&params).to_vec(),
+                            bindings: vec![xb, wb, bb, yb],
+                            items: total as u64,
+                        }
+                    }
                 });
             }
             self.execute(OP, &ds)?;
@@ -156,7 +372,8 @@ impl Gpu {
         spec: &Conv2dSpec,
     ) -> Result<Tensor> {
         const OP: &str = "conv2d_backward_input";
-        let g = spec.backward_input_geometry(dims4(&dy.raw, "dy")?, dims4(&w.raw, "w")?, input_hw)?;
+        let g =
+            spec.backward_input_geometry(dims4(&dy.raw, "dy")?, dims4(&w.raw, "w")?, input_hw)?;
         self.owners(OP, &[&dy.raw, &w.raw])?;
         let dx = self.new_output(&g.x_shape(), "conv2d_backward_input output")?;
         if g.n > 0 {
@@ -165,13 +382,72 @@ impl Gpu {
             let (xu, yu) = (g.c * g.h * g.w, g.k * g.oh * g.ow);
             let chunks = batch_chunks(self, g.n, &[(xu, "dx sample"), (yu, "dy sample")])?;
             let wb = Bind::whole(w.raw.buffer(), w.len());
+            let phases = if self.use_tiled(&g) {
+                Some(dx_phases(&g)?)
+            } else {
+                None
+            };
+            let table = phases
+                .as_ref()
+                .map(|(_, taps)| self.scratch(bytemuck::cast_slice(taps)));
             let mut ds = Vec::new();
             for (n0, n1) in chunks {
                 let (dyb, dy_off) = self.window(dy.raw.buffer(), n0 * yu, n1 * yu);
                 let (dxb, out_off) = self.window(dx.raw.buffer(), n0 * xu, n1 * xu);
-                let total = (n1 - n0) * xu;
+                let nc = n1 - n0;
+                if let (Some((phases, taps)), Some(table)) = (&phases, &table) {
+                    let tile = self.tile;
+                    for ph in phases {
+                        let m = nc * ph.rows[0] * ph.rows[1];
+                        let tiles_m = m.div_ceil(tile.bm as usize);
+                        let tiles_n = g.cg().div_ceil(tile.bn as usize);
+                        let total = tiles_m * tiles_n * g.groups;
+                        let params = DxParams {
+                            n: nc as u32,
+                            c: base.c,
+                            h: base.h,
+                            w: base.w,
+                            k: base.k,
+                            oh: base.oh,
+                            ow: base.ow,
+                            cg: base.cg,
+                            kg: base.kg,
+                            taps_per_channel: to_u32(g.kh * g.kw, "kh x kw")?,
+                            stride_h: base.stride_h,
+                            stride_w: base.stride_w,
+                            rows: to_u32(ph.rows[0], "phase rows")?,
+                            cols: to_u32(ph.rows[1], "phase columns")?,
+                            first_h: ph.first[0] as u32,
+                            first_w: ph.first[1] as u32,
+                            base_h: ph.base[0] as i32 as u32,
+                            base_w: ph.base[1] as i32 as u32,
+                            reduce: to_u32(ph.taps, "phase taps")?,
+                            tab_off: to_u32(ph.tab_off, "tap table offset")?,
+                            dy_off,
+                            w_off: 0,
+                            out_off,
+                            total: to_u32(total, "tiles")?,
+                            tiles_m: to_u32(tiles_m, "row tiles")?,
+                            tiles_n: to_u32(tiles_n, "column tiles")?,
+                            ..Default::default()
+                        };
+                        ds.push(Dispatch {
+                            kernel: Kernel::Conv2dBackwardInputTiled(tile),
+                            params: bytemuck::bytes_of(&params).to_vec(),
+                            bindings: vec![
+                                dyb,
+                                wb,
+                                Bind::whole(table.buffer(), 4 * taps.len()),
+                                dxb,
+                            ],
+                            items: total as u64,
+                        });
+                    }
+                    continue;
+                }
+                let total = nc * xu;
                 let params = ConvParams {
-                    n: (n1 - n0) as u32,
+                    n: nc as u32,
                     dy_off,
                     out_off,
                     total: to_u32(total, "inputs per chunk")?,
@@ -203,7 +479,8 @@ impl Gpu {
         spec: &Conv2dSpec,
     ) -> Result<Tensor> {
         const OP: &str = "conv2d_backward_weight";
-        let g = spec.backward_weight_geometry(dims4(&x.raw, "x")?, dims4(&dy.raw, "dy")?, kernel_hw)?;
+        let g =
+            spec.backward_weight_geometry(dims4(&x.raw, "x")?, dims4(&dy.raw, "dy")?, kernel_hw)?;
         self.owners(OP, &[&x.raw, &dy.raw])?;
         let dw = self.new_output(&g.w_shape(), "conv2d_backward_weight output")?;
         let elems = dw.len();
@@ -215,14 +492,32 @@ impl Gpu {
         } else {
             batch_chunks(self, g.n, &[(xu, "input sample"), (yu, "dy sample")])?
         };
-        let max_count = chunks.iter().map(|&(a, b)| (b - a) * g.oh * g.ow).max().unwrap_or(0);
-        let (max_splits, _) = splits(max_count, elems);
+        let max_count = chunks
+            .iter()
+            .map(|&(a, b)| (b - a) * g.oh * g.ow)
+            .max()
+            .unwrap_or(0);
+        let tiled = self.use_tiled(&g);
+        let tile = self.tile;
+        let taps = if tiled {
+            Some(self.scratch(bytemuck::cast_slice(&forward_taps(&g)?)))
+        } else {
+            None
+        };
+        let split_plan = |count: usize| {
+            if tiled {
+                tiled_splits(count, &g, tile, self.is_cpu())
+            } else {
+                splits(count, elems)
+            }
+        };
+        let (max_splits, _) = split_plan(max_count);
         self.check_bindable(max_splits * elems, "dW partial sums")?;
         let partial = self.alloc(&[max_splits * elems], "dW partial sums")?;
         let mut ds = Vec::new();
         for (ci, &(n0, n1)) in chunks.iter().enumerate() {
             let count = (n1 - n0) * g.oh * g.ow;
-            let (nsplit, split_len) = splits(count, elems);
+            let (nsplit, split_len) = split_plan(count);
             let pb = Bind::whole(partial.buffer(), nsplit * elems);
             if count > 0 {
                 let (xb, x_off) = self.window(x.raw.buffer(), n0 * xu, n1 * xu);
@@ -231,16 +526,45 @@ impl Gpu {
                     n: (n1 - n0) as u32,
                     x_off,
                     dy_off,
-                    total: to_u32(nsplit * elems, "dW workgroups")?,
                     splits: nsplit as u32,
                     split_len: to_u32(split_len, "dW split length")?,
                     ..base
                 };
-                ds.push(Dispatch {
-                    kernel: Kernel::Conv2dBackwardWeight,
-                    params: bytemuck::bytes_of(&params).to_vec(),
-                    bindings: vec![xb, dyb, pb],
-                    items: (nsplit * elems) as u64,
+                ds.push(match &taps {
+                    Some(taps) => {
+                        let reduce = g.cg() * g.kh * g.kw;
+                        let (params, tiles) = tile_grid(
+                            ConvParams {
+                                reduce: to_u32(reduce, "C/groups x kh x kw")?,
+                                ..params
+                            },
+                            g.kg(),
+                            reduce,
+                            g.groups,
+                            tile,
+                        )?;
+                        let total = tiles as usize * nsplit;
+                        Dispatch {
+                            kernel: Kernel::Conv2dBackwardWeightTiled(tile),
+                            params: bytemuck::bytes_of(&ConvParams {
+                                total: to_u32(total, "dW workgroups")?,
+                                ..params
+                            })
+                            .to_vec(),
+                            bindings: vec![xb, dyb, Bind::whole(taps.buffer(), 4 * reduce), pb],
+                            items: total as u64,
+                        }
+                    }
+                    None => Dispatch {
+                        kernel: Kernel::Conv2dBackwardWeight,
+                        params: bytemuck::bytes_of(&ConvParams {
+                            total: to_u32(nsplit * elems, "dW workgroups")?,
+                            ..params
+                        })
+                        .to_vec(),
+                        bindings: vec![xb, dyb, pb],
+                        items: (nsplit * elems) as u64,
+                    },
                 });
             }
             ds.push(self.reduce_dispatch(
@@ -302,7 +626,11 @@ impl Gpu {
         } else {
             batch_chunks(self, n, &[(yu, "dy sample")])?
         };
-        let max_count = chunks.iter().map(|&(a, b)| (b - a) * oh * ow).max().unwrap_or(0);
+        let max_count = chunks
+            .iter()
+            .map(|&(a, b)| (b - a) * oh * ow)
+            .max()
+            .unwrap_or(0);
         let partial = self.alloc(&[splits(max_count, k).0 * k], "db partial sums")?;
         let mut ds = Vec::new();
         for (ci, &(n0, n1)) in chunks.iter().enumerate() {
@@ -326,7 +654,13 @@ impl Gpu {
                     items: (nsplit * k) as u64,
                 });
             }
-            ds.push(self.reduce_dispatch(pb, db.raw.buffer(), k, if count > 0 { nsplit } else { 0 }, ci > 0));
+            ds.push(self.reduce_dispatch(
+                pb,
+                db.raw.buffer(),
+                k,
+                if count > 0 { nsplit } else { 0 },
+                ci > 0,
+            ));
         }
         self.execute(OP, &ds)?;
         if self.checked {

@@ -10,6 +10,7 @@ mod buffers;
 mod check;
 mod conv;
 pub mod kernels;
+mod nn;
 mod pool;
 mod tensor;
 
@@ -19,7 +20,7 @@ use std::time::Duration;
 
 pub use buffers::PoolStats;
 use buffers::{BufferKind, Pool, PooledBuffer};
-use kernels::{Kernel, PipelineCache};
+use kernels::{Kernel, PipelineCache, Tile};
 pub use tensor::{IndexTensor, Tensor};
 
 use crate::error::{Error, Result};
@@ -48,6 +49,32 @@ pub struct GpuBuilder {
     poll_timeout: Option<Duration>,
     max_binding_bytes: Option<u64>,
     pool_limit_bytes: Option<u64>,
+    algorithm: Option<Algorithm>,
+    tile: Option<Tile>,
+    runtime_checks: Option<bool>,
+}
+
+/// Which conv kernels the ops run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Algorithm {
+    /// The first kernels: one invocation per output element, loops over the window.
+    Direct,
+    /// Implicit GEMM with workgroup tiles (the default).
+    #[default]
+    Tiled,
+}
+
+impl Algorithm {
+    fn from_env() -> Result<Option<Algorithm>> {
+        match std::env::var("WGCONV_ALGO").as_deref().map(str::trim) {
+            Err(_) | Ok("") => Ok(None),
+            Ok("direct") => Ok(Some(Algorithm::Direct)),
+            Ok("tiled") => Ok(Some(Algorithm::Tiled)),
+            Ok(other) => Err(Error::InvalidArgument(format!(
+                "WGCONV_ALGO={other:?} is not one of direct, tiled"
+            ))),
+        }
+    }
 }
 
 impl GpuBuilder {
@@ -92,6 +119,24 @@ impl GpuBuilder {
         self.max_binding_bytes = Some(bytes);
         self
     }
+    /// Which conv kernels to run (overrides `WGCONV_ALGO=direct|tiled`; default tiled).
+    pub fn algorithm(mut self, algorithm: Algorithm) -> Self {
+        self.algorithm = Some(algorithm);
+        self
+    }
+    /// The implicit-GEMM tile (overrides `WGCONV_TILE=bm,bn,bk,tm,tn`); by default chosen from
+    /// the adapter's limits and type.
+    pub fn tile(mut self, tile: Tile) -> Self {
+        self.tile = Some(tile);
+        self
+    }
+    /// Keep naga's runtime checks in the shaders (bounds clamping, loop bounding, division
+    /// guards; overrides `WGCONV_RUNTIME_CHECKS=0|1`). Off by default: the kernels check their
+    /// own indices against host-validated sizes, and the checks cost time in every loop.
+    pub fn runtime_checks(mut self, on: bool) -> Self {
+        self.runtime_checks = Some(on);
+        self
+    }
     /// Most bytes of free buffers the pool keeps for reuse (default 1 GiB).
     pub fn pool_limit_bytes(mut self, bytes: u64) -> Self {
         self.pool_limit_bytes = Some(bytes);
@@ -104,16 +149,40 @@ impl GpuBuilder {
             Some(b) => b,
             None => backends_from_env()?,
         };
-        let name = self
-            .adapter_name
-            .or_else(|| std::env::var("WGPU_ADAPTER_NAME").ok().filter(|s| !s.is_empty()));
+        let name = self.adapter_name.or_else(|| {
+            std::env::var("WGPU_ADAPTER_NAME")
+                .ok()
+                .filter(|s| !s.is_empty())
+        });
         let power = match self.power_preference {
             Some(p) => Some(p),
             None => power_from_env()?,
         };
+        let runtime_checks = self.runtime_checks.unwrap_or_else(|| {
+            std::env::var("WGCONV_RUNTIME_CHECKS").is_ok_and(|v| !v.is_empty() && v != "0")
+        });
         let checked = self.checked.unwrap_or_else(|| {
             std::env::var("WGCONV_CHECK").is_ok_and(|v| !v.is_empty() && v != "0")
         });
+
+        let algorithm = match self.algorithm {
+            Some(a) => a,
+            None => Algorithm::from_env()?.unwrap_or_default(),
+        };
+        let tile = match (self.tile, std::env::var("WGCONV_TILE")) {
+            (Some(t), _) => Some(t),
+            (None, Ok(v)) if !v.trim().is_empty() => Some(Tile::parse(&v).ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "WGCONV_TILE={v:?} is not a valid bm,bn,bk,tm,tn tile"
+                ))
+            })?),
+            _ => None,
+        };
+        if let Some(t) = tile
+            && !t.is_valid()
+        {
+            return Err(Error::InvalidArgument(format!("tile {t:?} is not valid")));
+        }
 
         let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
         desc.backends = backends;
@@ -161,6 +230,20 @@ impl GpuBuilder {
             self.pool_limit_bytes.unwrap_or(1 << 30),
             limits.max_buffer_size,
         )));
+        let tile = tile.unwrap_or_else(|| default_tile(&info, &limits));
+        if tile.invocations() > limits.max_compute_invocations_per_workgroup
+            || tile.workgroup_bytes() > limits.max_compute_workgroup_storage_size
+        {
+            return Err(Error::DeviceLimit(format!(
+                "tile {tile:?} needs {} invocations and {} bytes of workgroup memory; {} allows \
+                 {} and {}",
+                tile.invocations(),
+                tile.workgroup_bytes(),
+                info.name,
+                limits.max_compute_invocations_per_workgroup,
+                limits.max_compute_workgroup_storage_size
+            )));
+        }
         let dummy = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("wgconv placeholder"),
             size: 16,
@@ -184,6 +267,9 @@ impl GpuBuilder {
             max_binding,
             align,
             profiler: Mutex::new(None),
+            algorithm,
+            tile,
+            runtime_checks,
         })
     }
 }
@@ -218,6 +304,24 @@ fn power_from_env() -> Result<Option<wgpu::PowerPreference>> {
             "WGPU_POWER_PREF={v:?} is not one of low, high, none"
         ))),
     }
+}
+
+/// The tile for an adapter: large register blocks on real GPUs, small ones on CPU drivers (whose
+/// invocations are SIMD lanes with few registers), shrunk to fit the limits.
+fn default_tile(info: &wgpu::AdapterInfo, limits: &wgpu::Limits) -> Tile {
+    let fits = |t: &Tile| {
+        t.invocations() <= limits.max_compute_invocations_per_workgroup
+            && t.workgroup_bytes() <= limits.max_compute_workgroup_storage_size
+    };
+    let preferred = if info.device_type == wgpu::DeviceType::Cpu {
+        Tile::SMALL
+    } else {
+        Tile::LARGE
+    };
+    std::iter::once(preferred)
+        .chain(Tile::CANDIDATES)
+        .find(fits)
+        .unwrap_or(Tile::CANDIDATES[3])
 }
 
 fn describe(info: &wgpu::AdapterInfo) -> String {
@@ -306,6 +410,9 @@ pub struct Gpu {
     align: u64,
     /// Set while [`Gpu::time_gpu`] runs: timestamp queries around every compute pass.
     profiler: Mutex<Option<Profiler>>,
+    algorithm: Algorithm,
+    tile: Tile,
+    runtime_checks: bool,
 }
 
 /// Timestamp queries for the compute passes recorded while [`Gpu::time_gpu`] runs.
@@ -357,8 +464,11 @@ impl<'a> Bind<'a> {
 
 /// Error scopes around one op: validation and out-of-memory errors become `Err`.
 pub(crate) struct Scope {
-    oom: wgpu::ErrorScopeGuard,
+    // Fields drop in declaration order and wgpu panics unless scopes are popped in reverse
+    // order of their push: `validation` (pushed last) must come first, so that an early return
+    // between `scope()` and `finish()` drops them correctly.
     validation: wgpu::ErrorScopeGuard,
+    oom: wgpu::ErrorScopeGuard,
 }
 
 impl Scope {
@@ -407,6 +517,16 @@ impl Gpu {
         &self.queue
     }
 
+    /// The conv kernels in use.
+    pub fn algorithm(&self) -> Algorithm {
+        self.algorithm
+    }
+
+    /// The implicit-GEMM tile in use.
+    pub fn tile(&self) -> Tile {
+        self.tile
+    }
+
     /// Whether checked mode is on.
     pub fn is_checked(&self) -> bool {
         self.checked
@@ -442,10 +562,18 @@ impl Gpu {
     /// `Err(DeviceLost)` once the device is lost; also reports an error wgpu raised outside any
     /// of our error scopes.
     pub(crate) fn check_alive(&self) -> Result<()> {
+        // wgpu reports a destroyed device only through the lost callback, which runs in a poll
+        // once the queue is empty; until then its calls do nothing, silently.
+        let _ = self.device.poll(wgpu::PollType::Poll);
         if let Some(reason) = self.lost.lock().unwrap_or_else(|e| e.into_inner()).clone() {
             return Err(Error::DeviceLost(reason));
         }
-        if let Some(msg) = self.uncaptured.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        if let Some(msg) = self
+            .uncaptured
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
             return Err(Error::Wgpu {
                 op: "earlier call".into(),
                 message: msg,
@@ -466,7 +594,12 @@ impl Gpu {
 
     /// Binds elements `[start, end)` of `buffer`: the window starts at the alignment boundary at
     /// or below `start`; returns the binding and `start`'s element offset inside it.
-    pub(crate) fn window<'a>(&self, buffer: &'a wgpu::Buffer, start: usize, end: usize) -> (Bind<'a>, u32) {
+    pub(crate) fn window<'a>(
+        &self,
+        buffer: &'a wgpu::Buffer,
+        start: usize,
+        end: usize,
+    ) -> (Bind<'a>, u32) {
         let first = start as u64 * 4;
         let offset = first / self.align * self.align;
         let size = (end.max(start + 1) as u64 * 4 - offset).min(buffer.size() - offset);
@@ -563,7 +696,9 @@ impl Gpu {
             });
             for d in dispatches {
                 let (gx, gy) = self.grid(d.kernel, d.items)?;
-                let pipeline = self.pipelines.get(&self.device, d.kernel);
+                let pipeline = self
+                    .pipelines
+                    .get(&self.device, d.kernel, self.runtime_checks);
                 let uniform = self.take_buffer(BufferKind::Uniform, d.params.len() as u64);
                 self.queue.write_buffer(uniform.buffer(), 0, &d.params);
                 let mut entries = vec![wgpu::BindGroupEntry {
@@ -601,7 +736,9 @@ impl Gpu {
 
     /// Whether the device has timestamp queries, so [`Gpu::time_gpu`] can measure on the GPU.
     pub fn has_timestamps(&self) -> bool {
-        self.device.features().contains(wgpu::Features::TIMESTAMP_QUERY)
+        self.device
+            .features()
+            .contains(wgpu::Features::TIMESTAMP_QUERY)
     }
 
     /// Runs `f` and measures, with timestamp queries, the GPU time of the compute passes the ops
@@ -633,7 +770,11 @@ impl Gpu {
             used: 0,
         });
         let out = f();
-        let profiler = self.profiler.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let profiler = self
+            .profiler
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         let out = out?;
         let Some(p) = profiler.filter(|p| p.used > 0) else {
             return Ok((out, Some(0.0)));
@@ -648,7 +789,9 @@ impl Gpu {
         });
         let mut encoder = self
             .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("timestamps") });
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("timestamps"),
+            });
         encoder.resolve_query_set(&p.query, 0..2 * p.used, &resolve, 0);
         self.queue.submit([encoder.finish()]);
         scope.finish(self, "time_gpu")?;
@@ -659,6 +802,13 @@ impl Gpu {
             .map(|pair| pair[1].saturating_sub(pair[0]))
             .sum();
         Ok((out, Some(ticks as f64 * period_ns / 1e6)))
+    }
+
+    /// A storage buffer holding `data` (small per-call tables).
+    pub(crate) fn scratch(&self, data: &[u8]) -> PooledBuffer {
+        let buf = self.take_buffer(BufferKind::Storage, data.len() as u64);
+        self.queue.write_buffer(buf.buffer(), 0, data);
+        buf
     }
 
     /// Fills `raw` with `bits` (NaN for f32 outputs) so an element no kernel writes is caught.
@@ -677,17 +827,35 @@ impl Gpu {
         let staging = self.take_buffer(BufferKind::Staging, bytes);
         let mut encoder = self
             .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("readback") });
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("readback"),
+            });
         encoder.copy_buffer_to_buffer(src, 0, staging.buffer(), 0, bytes);
         let index = self.queue.submit([encoder.finish()]);
         scope.finish(self, "download")?;
 
+        let out = self.map_read(staging.buffer(), index, bytes);
+        if out.is_err() {
+            staging.discard();
+        }
+        let out = out?;
+        // A device lost mid-flight must not hand back stale data.
+        self.check_alive()?;
+        Ok(out)
+    }
+
+    /// Maps the first `bytes` of `staging` once submission `index` (which fills it) is done,
+    /// copies them out and unmaps it.
+    fn map_read(
+        &self,
+        staging: &wgpu::Buffer,
+        index: wgpu::SubmissionIndex,
+        bytes: u64,
+    ) -> Result<Vec<u8>> {
         let (tx, rx) = std::sync::mpsc::channel();
-        staging
-            .buffer()
-            .map_async(wgpu::MapMode::Read, ..bytes, move |r| {
-                let _ = tx.send(r);
-            });
+        staging.map_async(wgpu::MapMode::Read, ..bytes, move |r| {
+            let _ = tx.send(r);
+        });
         self.device
             .poll(wgpu::PollType::Wait {
                 submission_index: Some(index),
@@ -711,14 +879,11 @@ impl Gpu {
         mapped.map_err(|e| Error::Readback(format!("mapping the staging buffer: {e}")))?;
         let out = {
             let view = staging
-                .buffer()
                 .get_mapped_range(..bytes)
                 .map_err(|e| Error::Readback(format!("reading the staging buffer: {e}")))?;
             view.to_vec()
         };
-        staging.buffer().unmap();
-        // A device lost mid-flight must not hand back stale data.
-        self.check_alive()?;
+        staging.unmap();
         Ok(out)
     }
 }
