@@ -29,6 +29,8 @@ override BK: u32 = 8u;
 override TM: u32 = 4u;
 override TN: u32 = 4u;
 override WG: u32 = (BM / TM) * (BN / TN);
+// A 1x1 kernel without padding: tap r = c reads x at x_base + c * H * W, always in bounds.
+override POINTWISE: bool = false;
 
 var<workgroup> a_tile: array<f32, BK * BM>;
 var<workgroup> b_tile: array<f32, BK * BN>;
@@ -96,7 +98,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         for (var rl = lane; rl < BN; rl += lanes) {
             let r = r0t + rl;
             var v = 0.0;
-            if (m_ok && r < r_count) {
+            if (POINTWISE) {
+                if (m_ok && r < r_count) {
+                    v = x[x_base + i32(r * in_plane)];
+                }
+            } else if (m_ok && r < r_count) {
                 let t = taps[r];
                 let ih = ih0 + t.y;
                 let iw = iw0 + t.z;

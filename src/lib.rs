@@ -14,3 +14,8 @@ pub mod spec;
 pub use error::{Error, Result};
 pub use gpu::{Algorithm, Gpu, GpuBuilder, IndexTensor, PoolStats, Tensor};
 pub use spec::{Conv2dGeometry, Conv2dSpec, Padding2d, Pool2dGeometry, Pool2dSpec};
+
+/// The README's examples, compiled as doc tests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -224,13 +224,13 @@ impl Conv2dSpec {
                 "conv needs at least one input and one output channel, got C = {c}, K = {k}"
             )));
         }
-        if c % self.groups != 0 {
+        if !c.is_multiple_of(self.groups) {
             return Err(invalid(format!(
                 "input channels C = {c} are not divisible by groups = {}",
                 self.groups
             )));
         }
-        if k % self.groups != 0 {
+        if !k.is_multiple_of(self.groups) {
             return Err(invalid(format!(
                 "output channels K = {k} are not divisible by groups = {}",
                 self.groups
@@ -415,12 +415,17 @@ impl Conv2dGeometry {
         ]
     }
     /// Padding `(before, after)` of the stride-dilated dy in the transposed convolution that
-    /// computes dx, per axis. Negative values crop.
+    /// computes dx, per axis. Negative values crop; values past `isize` (only from hostile
+    /// paddings and dilations) saturate.
     pub fn transposed_padding(&self) -> [(isize, isize); 2] {
         let rem = self.remainder();
         let p = |k: usize, d: usize, before: usize, after: usize, rem: usize| {
-            let full = (d * (k - 1)) as isize;
-            (full - before as isize, full - after as isize + rem as isize)
+            let full = (d as i128).saturating_mul(k as i128 - 1);
+            let sat = |v: i128| v.clamp(isize::MIN as i128, isize::MAX as i128) as isize;
+            (
+                sat(full - before as i128),
+                sat(full - after as i128 + rem as i128),
+            )
         };
         [
             p(
@@ -438,6 +443,11 @@ impl Conv2dGeometry {
                 rem[1],
             ),
         ]
+    }
+    /// A 1x1 kernel without padding: every tap reads inside the input, so the convolution is
+    /// a plain matrix product per sample (strided when the stride is above 1).
+    pub fn is_pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.padding == Padding2d::default()
     }
     /// Multiply-adds of the forward pass times two: `2·N·K·OH·OW·(C/g)·kh·kw` (the same for dx
     /// and dW).
@@ -534,11 +544,11 @@ impl Pool2dSpec {
                 )));
             }
         }
-        for a in 0..2 {
+        for (a, axis) in AXIS.iter().enumerate() {
             if self.padding[a] > self.kernel[a] / 2 {
                 return Err(invalid(format!(
-                    "pool padding {:?} must be at most half the kernel {:?} ({} > {} / 2 in {})",
-                    self.padding, self.kernel, self.padding[a], self.kernel[a], AXIS[a]
+                    "pool padding {:?} must be at most half the kernel {:?} ({} > {} / 2 in {axis})",
+                    self.padding, self.kernel, self.padding[a], self.kernel[a]
                 )));
             }
         }
@@ -594,6 +604,13 @@ impl Pool2dSpec {
                 self.dilation
             )));
         }
+        // The divisor is at most kh * kw; it must not wrap.
+        if self.kernel[0].checked_mul(self.kernel[1]).is_none() {
+            return Err(Error::Overflow(format!(
+                "avg-pool kernel {:?}: its area, the largest divisor, overflows",
+                self.kernel
+            )));
+        }
         self.geometry(x)
     }
 
@@ -645,9 +662,10 @@ fn pool_out_len(
     let span = effective_kernel(axis, kernel, dilation)?;
     // PyTorch: out = div_rtn(padded - span + (ceil ? stride - 1 : 0), stride) + 1, which must be
     // at least 1. In ceil mode a window may thus overhang the padded input (it is clipped).
-    let slack = if ceil_mode { stride - 1 } else { 0 };
-    let reach = padded.checked_add(slack).ok_or_else(overflow)?;
-    if span > reach {
+    // In 128 bits: with a huge stride, `padded + stride - 1` passes `usize::MAX`.
+    let slack = if ceil_mode { stride as u128 - 1 } else { 0 };
+    let reach = padded as u128 + slack;
+    if span as u128 > reach {
         return Err(invalid(format!(
             "pool kernel {axis} {kernel} with dilation {dilation} spans {span}, larger than the \
              padded input {axis} {padded} ({input} + 2 * padding {pad}{})",
@@ -658,12 +676,18 @@ fn pool_out_len(
             }
         )));
     }
-    let mut out = (reach - span) / stride + 1;
+    let mut out = (reach - span as u128) / stride as u128 + 1;
     // PyTorch: `if ((out - 1) * stride >= input + pad_l) --out;` (only reachable in ceil mode).
-    if ceil_mode && (out - 1) * stride >= input + pad {
+    if ceil_mode && (out - 1) * stride as u128 >= (input + pad) as u128 {
         out -= 1;
     }
-    Ok(out)
+    // At most `padded` (stride 1) or `padded / stride + 2`.
+    Ok(out as usize)
+}
+
+/// `o * stride - padding`, the padded-input position where window `o` starts, in 128 bits.
+fn window_start(o: usize, stride: usize, pad: usize) -> i128 {
+    (o as i128).saturating_mul(stride as i128) - pad as i128
 }
 
 /// Every size of one pool: input `[n, c, h, w]`, output `[n, c, oh, ow]`, and the spec.
@@ -699,16 +723,17 @@ impl Pool2dGeometry {
     /// starts, and one past the window's last position clipped to the input (step = dilation).
     pub fn max_window(&self, axis: usize, o: usize) -> (usize, usize) {
         let (input, k, s, p, d) = self.axis_params(axis);
-        let start = (o * s) as isize - p as isize;
-        let end = (start + ((k - 1) * d + 1) as isize).min(input as isize) as usize;
+        // In 128 bits: a hostile spec's window can be longer than `isize::MAX`.
+        let (start, d) = (window_start(o, s, p), d.max(1) as i128);
+        let span = (k as i128 - 1).saturating_mul(d).saturating_add(1);
+        let end = start.saturating_add(span).clamp(0, input as i128) as usize;
         let first = if start >= 0 {
-            start as usize
+            start
         } else {
             // Smallest start + j*d that is >= 0.
-            let j = (-start as usize).div_ceil(d);
-            (start + (j * d) as isize) as usize
+            start + (-start + d - 1) / d * d
         };
-        (first, end)
+        (first.min(usize::MAX as i128) as usize, end)
     }
 
     /// Window `o` of an average pool along `axis`: `(start, end, span)`, where `[start, end)` is
@@ -716,10 +741,13 @@ impl Pool2dGeometry {
     /// (PyTorch's divisor when `count_include_pad`).
     pub fn avg_window(&self, axis: usize, o: usize) -> (usize, usize, usize) {
         let (input, k, s, p, _) = self.axis_params(axis);
-        let start = (o * s) as isize - p as isize;
-        let end = (start + k as isize).min((input + p) as isize);
-        let span = (end - start) as usize;
-        let (start, end) = (start.max(0) as usize, end.min(input as isize) as usize);
+        let start = window_start(o, s, p);
+        let end = start
+            .saturating_add(k as i128)
+            .min(input as i128 + p as i128);
+        let span = (end - start).clamp(0, usize::MAX as i128) as usize;
+        let clip = |v: i128| v.clamp(0, input as i128) as usize;
+        let (start, end) = (clip(start), clip(end));
         (start, end.max(start), span)
     }
 
@@ -728,7 +756,8 @@ impl Pool2dGeometry {
         let (h0, h1, hs) = self.avg_window(0, oh);
         let (w0, w1, ws) = self.avg_window(1, ow);
         if count_include_pad {
-            hs * ws
+            // Cannot saturate in a geometry from `avg_geometry`, which bounds kh * kw.
+            hs.saturating_mul(ws)
         } else {
             (h1 - h0) * (w1 - w0)
         }

@@ -556,23 +556,29 @@ fn large_tensor_and_folded_dispatch() {
     let (py, _) = gpu.max_pool2d_forward(&xt, &pool).unwrap();
     let (want, _) = reference::max_pool2d_forward(x.view(), &pool).unwrap();
     assert_eq!(gpu.download(&py).unwrap(), want.into_dyn());
-    // dW whose first pass has (weight elements x splits) > 65,535 workgroups.
-    let xs = rng.array4_f32([2, 16, 12, 12]);
-    let dys = rng.array4_f32([2, 64, 12, 12]);
+    // The direct dW kernel runs one workgroup per weight element: 128 * 64 * 9 = 73,728 of
+    // them, folded into 2-D.
+    let direct = Gpu::builder()
+        .algorithm(wgconv::Algorithm::Direct)
+        .poison_outputs(true)
+        .build()
+        .expect("adapter");
+    let xs = rng.array4_f32([1, 64, 8, 8]);
+    let dys = rng.array4_f32([1, 128, 8, 8]);
     let spec = Conv2dSpec::new().with_padding(Padding2d::symmetric(1, 1));
-    assert!(64 * 16 * 9 * 2 > 65_535 / 8);
-    let dw = gpu
+    let dw = direct
         .conv2d_backward_weight(
-            &gpu.upload(&xs).unwrap(),
-            &gpu.upload(&dys).unwrap(),
+            &direct.upload(&xs).unwrap(),
+            &direct.upload(&dys).unwrap(),
             [3, 3],
             &spec,
         )
         .unwrap();
+    assert!(dw.len() > 65_535);
     let dw_ref =
         reference::conv2d_backward_weight(f64s(&xs).view(), f64s(&dys).view(), [3, 3], &spec)
             .unwrap();
-    close(&dl(gpu, &dw), &dw_ref, "dW with many workgroups");
+    close(&dl(&direct, &dw), &dw_ref, "dW with many workgroups");
 }
 
 #[test]
@@ -712,7 +718,7 @@ fn repeated_calls_reuse_pooled_buffers() {
 
 fn tiled_case() -> impl Strategy<Value = ([usize; 4], [usize; 4], Conv2dSpec, bool)> {
     (
-        (1usize..=2, 1usize..=2, 4usize..=9, 8usize..=20),
+        (1usize..=2, 1usize..=2, 2usize..=9, 4usize..=20),
         (1usize..=9, 1usize..=9, 1usize..=3, 1usize..=3),
         (1usize..=3, 1usize..=3, 1usize..=2, 1usize..=2),
         (0usize..=2, 0usize..=2, 0usize..=2, 0usize..=2),
@@ -759,7 +765,15 @@ fn tile_gpus() -> &'static [Gpu] {
                 .build()
                 .expect("adapter"),
         );
-        assert!(v.len() >= 3, "at least two tiles fit the adapter");
+        // Split-K on every implicit GEMM whose reduction is long enough to split.
+        v.push(
+            Gpu::builder()
+                .split_target(1 << 20)
+                .poison_outputs(true)
+                .build()
+                .expect("adapter"),
+        );
+        assert!(v.len() >= 4, "at least two tiles fit the adapter");
         v
     })
 }
@@ -821,6 +835,21 @@ fn tiled_layers() {
                 .with_stride([3, 3])
                 .with_dilation([2, 2])
                 .with_padding(Padding2d::symmetric(2, 2)),
+        ),
+        // Reductions long enough for split-K: forward (C*9 = 360) and dx (K*9 = 432).
+        (
+            "long forward reduction",
+            [2, 40, 7, 6],
+            [16, 40, 3, 3],
+            Conv2dSpec::new().with_padding(Padding2d::symmetric(1, 1)),
+        ),
+        (
+            "long dx reduction s2",
+            [1, 8, 9, 8],
+            [48, 8, 3, 3],
+            Conv2dSpec::new()
+                .with_stride([2, 2])
+                .with_padding(Padding2d::symmetric(1, 1)),
         ),
     ];
     for gpu in tile_gpus() {

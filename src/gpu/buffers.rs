@@ -44,6 +44,10 @@ pub(crate) struct Pool {
     stats: PoolStats,
     limit_bytes: u64,
     max_buffer_size: u64,
+    /// Counts wgpu errors. A buffer on loan while one happened may be invalid (creation failed
+    /// out of memory, or destroyed through `Tensor::buffer`): it is not recycled, or every later
+    /// request of its size would fail.
+    error_epoch: u64,
 }
 
 /// Size class of a request: 256-byte granules up to 4 KiB, then eighths of a power of two,
@@ -64,7 +68,13 @@ impl Pool {
             stats: PoolStats::default(),
             limit_bytes,
             max_buffer_size,
+            error_epoch: 0,
         }
+    }
+
+    /// Records a wgpu error: buffers on loan now are destroyed, not recycled, when returned.
+    pub fn note_error(&mut self) {
+        self.error_epoch += 1;
     }
 
     pub fn stats(&self) -> PoolStats {
@@ -83,11 +93,21 @@ pub(crate) struct PooledBuffer {
     buffer: Option<wgpu::Buffer>,
     kind: BufferKind,
     pool: Weak<Mutex<Pool>>,
+    /// The pool's error epoch when it was taken.
+    epoch: u64,
 }
 
 impl PooledBuffer {
     pub fn buffer(&self) -> &wgpu::Buffer {
         self.buffer.as_ref().expect("present until drop")
+    }
+
+    /// Destroys the buffer instead of returning it to the pool: after a failed or timed-out
+    /// readback its map may still be pending, and a later user would find it mapped.
+    pub fn discard(mut self) {
+        if let Some(buffer) = self.buffer.take() {
+            buffer.destroy();
+        }
     }
 }
 
@@ -98,7 +118,7 @@ impl Drop for PooledBuffer {
         };
         let mut pool = pool.lock().unwrap_or_else(|e| e.into_inner());
         let size = buffer.size();
-        if pool.stats.held_bytes + size > pool.limit_bytes {
+        if pool.stats.held_bytes + size > pool.limit_bytes || self.epoch != pool.error_epoch {
             buffer.destroy();
             return;
         }
@@ -121,6 +141,7 @@ pub(crate) fn take(
     if size > guard.max_buffer_size {
         size = bytes.max(4).div_ceil(4) * 4;
     }
+    let epoch = guard.error_epoch;
     let recycled = guard.free.get_mut(&(kind, size)).and_then(Vec::pop);
     let buffer = match recycled {
         Some(b) => {
@@ -144,6 +165,7 @@ pub(crate) fn take(
         buffer: Some(buffer),
         kind,
         pool: Arc::downgrade(pool),
+        epoch,
     }
 }
 
@@ -153,9 +175,21 @@ mod tests {
 
     #[test]
     fn size_classes_cover_requests_with_little_waste() {
-        for bytes in [1u64, 4, 255, 256, 257, 4096, 4097, 10_000, 1 << 20, (1 << 20) + 1, 3 << 30] {
+        for bytes in [
+            1u64,
+            4,
+            255,
+            256,
+            257,
+            4096,
+            4097,
+            10_000,
+            1 << 20,
+            (1 << 20) + 1,
+            3 << 30,
+        ] {
             let c = size_class(bytes);
-            assert!(c >= bytes && c % 4 == 0, "{bytes} -> {c}");
+            assert!(c >= bytes && c.is_multiple_of(4), "{bytes} -> {c}");
             if bytes > 4096 {
                 assert!(c - bytes <= bytes / 4, "{bytes} -> {c}");
             }

@@ -84,7 +84,11 @@ impl Gpu {
             input_hw,
             spec,
         )?;
-        verdict("conv2d_backward_input", &self.download(dx)?, &want.into_dyn())
+        verdict(
+            "conv2d_backward_input",
+            &self.download(dx)?,
+            &want.into_dyn(),
+        )
     }
 
     pub(crate) fn check_conv2d_backward_weight(
@@ -101,12 +105,20 @@ impl Gpu {
             kernel_hw,
             spec,
         )?;
-        verdict("conv2d_backward_weight", &self.download(dw)?, &want.into_dyn())
+        verdict(
+            "conv2d_backward_weight",
+            &self.download(dw)?,
+            &want.into_dyn(),
+        )
     }
 
     pub(crate) fn check_conv2d_backward_bias(&self, dy: &Tensor, db: &Tensor) -> Result<()> {
         let want = reference::conv2d_backward_bias(self.host(dy)?.view());
-        verdict("conv2d_backward_bias", &self.download(db)?, &want.into_dyn())
+        verdict(
+            "conv2d_backward_bias",
+            &self.download(db)?,
+            &want.into_dyn(),
+        )
     }
 
     pub(crate) fn check_max_pool2d_forward(
@@ -145,7 +157,8 @@ impl Gpu {
             .download_indices(indices)?
             .into_dimensionality::<Ix4>()
             .map_err(|e| Error::ShapeMismatch(e.to_string()))?;
-        let want = reference::max_pool2d_backward(self.host(dy)?.view(), idx.view(), input_hw, spec)?;
+        let want =
+            reference::max_pool2d_backward(self.host(dy)?.view(), idx.view(), input_hw, spec)?;
         verdict("max_pool2d_backward", &self.download(dx)?, &want.into_dyn())
     }
 
@@ -168,8 +181,12 @@ impl Gpu {
         count_include_pad: bool,
         dx: &Tensor,
     ) -> Result<()> {
-        let want =
-            reference::avg_pool2d_backward(self.host(dy)?.view(), input_hw, spec, count_include_pad)?;
+        let want = reference::avg_pool2d_backward(
+            self.host(dy)?.view(),
+            input_hw,
+            spec,
+            count_include_pad,
+        )?;
         verdict("avg_pool2d_backward", &self.download(dx)?, &want.into_dyn())
     }
 }

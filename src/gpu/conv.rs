@@ -1,6 +1,6 @@
 //! conv2d forward, dx, dW and db on the GPU.
 
-use super::kernels::{ConvParams, DxParams, Kernel, ReduceParams, Tile};
+use super::kernels::{ConvParams, GemmParams, Kernel, ReduceParams, Tile};
 use super::tensor::{Raw, dims4};
 use super::{Algorithm, Bind, Dispatch, Gpu, IndexTensor, Tensor};
 use crate::error::{Error, Result, mismatch};
@@ -9,6 +9,8 @@ use crate::spec::{Conv2dGeometry, Conv2dSpec};
 /// Largest number of splits of one reduction (dW, db), and the most partial sums kept.
 const MAX_SPLITS: usize = 1024;
 const MAX_PARTIALS: usize = 1 << 24;
+/// Most bytes of split-K partial outputs for the forward and dx.
+const MAX_PARTIAL_BYTES: u64 = 256 << 20;
 /// Reduction elements one dW/db workgroup sums, aimed for.
 const SPLIT_TARGET: usize = 4096;
 
@@ -89,6 +91,58 @@ fn tile_grid(
         },
         total as u64,
     ))
+}
+
+/// One pass of `conv2d_gemm.wgsl` over a batch chunk (see the shader for the meaning).
+struct GemmJob {
+    n: usize,
+    rows: usize,
+    cols: usize,
+    groups: usize,
+    in_c: usize,
+    in_cg: usize,
+    in_hw: [usize; 2],
+    a_step: [usize; 2],
+    base: [i64; 2],
+    out_c: usize,
+    out_cg: usize,
+    out_hw: [usize; 2],
+    o_step: [usize; 2],
+    first: [usize; 2],
+    reduce: usize,
+    tab_off: usize,
+    w_group: usize,
+    w_col: usize,
+    /// A 1x1 kernel without padding: plain GEMM addressing, `B[r, col]` at
+    /// `col * w_col + r * w_r_step`.
+    pointwise: bool,
+    w_r_step: usize,
+}
+
+impl GemmJob {
+    /// Workgroup tiles of one split.
+    fn tiles(&self, tile: Tile) -> usize {
+        (self.n * self.rows * self.cols).div_ceil(tile.bm as usize)
+            * self.out_cg.div_ceil(tile.bn as usize)
+            * self.groups
+    }
+}
+
+/// Splits of an implicit GEMM's reduction when its tiles alone cannot fill the device (fewer
+/// than half of `target` workgroups): enough to reach about `target`, each split at least 128
+/// reduction steps, at most 16.
+fn gemm_splits(target: usize, tiles: usize, reduce: usize) -> usize {
+    if tiles == 0 || tiles >= target / 2 {
+        return 1;
+    }
+    target.div_ceil(tiles).min((reduce / 128).max(1)).min(16)
+}
+
+/// A value for an i32 params field, stored as its bits.
+fn to_i32_bits(v: i64, what: &str) -> Result<u32> {
+    i32::try_from(v)
+        .map(|v| v as u32)
+        .map_err(|_| overflow(what))
 }
 
 /// Splits of the tiled dW reduction over `count` output pixels: enough workgroups to fill the
@@ -220,7 +274,8 @@ fn overflow(what: &str) -> Error {
 }
 
 /// The forward's tap table: for each reduction index r = (c, i, j) of a group, the offset of
-/// `x[c, i*dh, j*dw]` from `x[0, 0, 0]` in one sample's group, and the row and column shifts.
+/// `x[c, i*dh, j*dw]` from `x[0, 0, 0]` in one sample's group, the row and column shifts, and
+/// the offset `r` of `w[k, c, i, j]` from `w[k, 0, 0, 0]`.
 fn forward_taps(g: &Conv2dGeometry) -> Result<Vec<[i32; 4]>> {
     let mut taps = Vec::with_capacity(g.cg() * g.kh * g.kw);
     for c in 0..g.cg() {
@@ -232,7 +287,7 @@ fn forward_taps(g: &Conv2dGeometry) -> Result<Vec<[i32; 4]>> {
                     to_u32(off, "tap offset")? as i32,
                     to_u32(di, "tap row")? as i32,
                     to_u32(dj, "tap column")? as i32,
-                    0,
+                    taps.len() as i32,
                 ]);
             }
         }
@@ -241,11 +296,127 @@ fn forward_taps(g: &Conv2dGeometry) -> Result<Vec<[i32; 4]>> {
 }
 
 impl Gpu {
-    /// Whether a conv runs on the implicit-GEMM kernels: not with the direct algorithm selected,
-    /// and not when the per-group channel counts are too small to fill a tile (depthwise and
-    /// near-depthwise convolutions run on the direct kernels).
-    fn use_tiled(&self, g: &Conv2dGeometry) -> bool {
-        self.algorithm == Algorithm::Tiled && g.kg() >= 8 && g.cg() >= 4
+    /// Whether a conv op runs on the implicit-GEMM kernels rather than the direct ones: with the
+    /// tiled algorithm selected, when the GEMM has enough columns (`cols`: output channels per
+    /// group for forward and dW, input channels per group for dx) and a reduction to stage.
+    /// Depthwise convolutions (one channel per group) run on the direct kernels.
+    fn use_tiled(&self, cols: usize, reduce: usize) -> bool {
+        self.algorithm == Algorithm::Tiled && cols >= 2 && reduce >= 8
+    }
+
+    /// The dispatch of one [`GemmJob`]; `binds` are activation, weight, bias, taps and output.
+    /// `split` is `(splits, out_len)`: with more than one split, each writes its partial sums
+    /// `out_len` elements after the previous one's.
+    fn gemm_dispatch<'a>(
+        &self,
+        job: &GemmJob,
+        binds: [Bind<'a>; 5],
+        act_off: u32,
+        out_off: u32,
+        has_bias: bool,
+        split: (usize, usize),
+    ) -> Result<Dispatch<'a>> {
+        let tile = self.gemm_tile(job.out_cg);
+        let (splits, out_len) = split;
+        let total = job.tiles(tile) * splits;
+        let split_len = job
+            .reduce
+            .div_ceil(splits)
+            .div_ceil(tile.bk as usize)
+            .max(1)
+            * tile.bk as usize;
+        let params = GemmParams {
+            n: to_u32(job.n, "batch chunk")?,
+            rows: to_u32(job.rows, "rows")?,
+            cols: to_u32(job.cols, "columns")?,
+            groups: to_u32(job.groups, "groups")?,
+            in_c: to_u32(job.in_c, "input channels")?,
+            in_cg: to_u32(job.in_cg, "input channels per group")?,
+            in_h: to_u32(job.in_hw[0], "input height")?,
+            in_w: to_u32(job.in_hw[1], "input width")?,
+            a_step_h: to_u32(job.a_step[0], "row step")?,
+            a_step_w: to_u32(job.a_step[1], "column step")?,
+            base_h: to_i32_bits(job.base[0], "base row")?,
+            base_w: to_i32_bits(job.base[1], "base column")?,
+            out_c: to_u32(job.out_c, "output channels")?,
+            out_cg: to_u32(job.out_cg, "output channels per group")?,
+            out_h: to_u32(job.out_hw[0], "output height")?,
+            out_w: to_u32(job.out_hw[1], "output width")?,
+            o_step_h: to_u32(job.o_step[0], "output row step")?,
+            o_step_w: to_u32(job.o_step[1], "output column step")?,
+            first_h: to_u32(job.first[0], "first row")?,
+            first_w: to_u32(job.first[1], "first column")?,
+            reduce: to_u32(job.reduce, "reduction length")?,
+            tab_off: to_u32(job.tab_off, "tap table offset")?,
+            w_group: to_u32(job.w_group, "weights per group")?,
+            w_col: to_u32(job.w_col, "weights per column")?,
+            act_off,
+            w_off: 0,
+            out_off,
+            b_off: 0,
+            has_bias: has_bias as u32,
+            tiles_m: to_u32(
+                (job.n * job.rows * job.cols).div_ceil(tile.bm as usize),
+                "row tiles",
+            )?,
+            tiles_n: to_u32(job.out_cg.div_ceil(tile.bn as usize), "column tiles")?,
+            total: to_u32(total, "tiles")?,
+            splits: to_u32(splits, "splits")?,
+            split_len: to_u32(split_len, "split length")?,
+            out_len: to_u32(out_len, "partial length")?,
+            w_r_step: to_u32(job.w_r_step, "weight step")?,
+        };
+        Ok(Dispatch {
+            kernel: Kernel::Conv2dGemm(tile, job.pointwise),
+            params: bytemuck::bytes_of(&params).to_vec(),
+            bindings: binds.to_vec(),
+            items: total as u64,
+        })
+    }
+
+    /// The dispatches of implicit-GEMM jobs that together write one batch chunk of `elems`
+    /// outputs into `out` (at element `out_off` of its window): straight into it with one
+    /// split, else into `partial` and summed into it by a second pass.
+    #[allow(clippy::too_many_arguments)]
+    fn gemm_chunk<'a>(
+        &self,
+        ds: &mut Vec<Dispatch<'a>>,
+        jobs: &[GemmJob],
+        inputs: [Bind<'a>; 4],
+        act_off: u32,
+        out: (Bind<'a>, u32),
+        elems: usize,
+        has_bias: bool,
+        partial: &'a Option<Raw>,
+        splits: usize,
+    ) -> Result<()> {
+        let [act, w, b, taps] = inputs;
+        let (target, off, len) = match partial {
+            Some(p) => (Bind::whole(p.buffer(), splits * elems), 0, elems),
+            None => (out.0, out.1, 0),
+        };
+        for job in jobs {
+            let binds = [act, w, b, taps, target];
+            ds.push(self.gemm_dispatch(job, binds, act_off, off, has_bias, (splits, len))?);
+        }
+        if partial.is_some() {
+            ds.push(self.reduce_dispatch(target, out.0, out.1, elems, splits, false));
+        }
+        Ok(())
+    }
+    /// The tile for a GEMM with `cols` columns: the context's, or with an adapter-chosen tile,
+    /// [`Tile::NARROW`] when the columns would leave most of a wide tile empty.
+    fn gemm_tile(&self, cols: usize) -> Tile {
+        let narrow = Tile::NARROW;
+        if self.auto_tile
+            && cols <= narrow.bn as usize
+            && narrow.invocations() <= self.limits.max_compute_invocations_per_workgroup
+            && narrow.workgroup_bytes() <= self.limits.max_compute_workgroup_storage_size
+        {
+            narrow
+        } else {
+            self.tile
+        }
     }
 
     fn is_cpu(&self) -> bool {
@@ -304,54 +475,76 @@ impl Gpu {
                 Some(b) => Bind::whole(b.raw.buffer(), b.len()),
                 None => Bind::whole(&self.dummy, 0),
             };
-            let taps = if self.use_tiled(&g) {
+            let tiled = self.use_tiled(g.kg(), g.cg() * g.kh * g.kw) && g.kg() >= 4;
+            let taps = if tiled {
                 Some(self.scratch(bytemuck::cast_slice(&forward_taps(&g)?)))
             } else {
                 None
             };
+            let r = g.cg() * g.kh * g.kw;
+            let job = |n: usize| GemmJob {
+                n,
+                rows: g.oh,
+                cols: g.ow,
+                groups: g.groups,
+                in_c: g.c,
+                in_cg: g.cg(),
+                in_hw: [g.h, g.w],
+                a_step: g.stride,
+                base: [-(g.padding.top as i64), -(g.padding.left as i64)],
+                out_c: g.k,
+                out_cg: g.kg(),
+                out_hw: [g.oh, g.ow],
+                o_step: [1, 1],
+                first: [0, 0],
+                reduce: r,
+                tab_off: 0,
+                w_group: g.kg() * r,
+                w_col: r,
+                pointwise: g.is_pointwise(),
+                w_r_step: 1,
+            };
+            let max_chunk = chunks.iter().map(|&(a, b)| b - a).max().unwrap_or(0);
+            let splits = if tiled {
+                let j = job(max_chunk);
+                self.partial_splits(j.tiles(self.gemm_tile(j.out_cg)), r, max_chunk * yu)
+            } else {
+                1
+            };
+            let partial = self.partial_buffer(splits, max_chunk * yu)?;
             let mut ds = Vec::new();
             for (n0, n1) in chunks {
                 let (xb, x_off) = self.window(x.raw.buffer(), n0 * xu, n1 * xu);
                 let (yb, out_off) = self.window(y.raw.buffer(), n0 * yu, n1 * yu);
+                if let Some(taps) = &taps {
+                    let tb = Bind::whole(taps.buffer(), 4 * r);
+                    self.gemm_chunk(
+                        &mut ds,
+                        &[job(n1 - n0)],
+                        [xb, wb, bb, tb],
+                        x_off,
+                        (yb, out_off),
+                        (n1 - n0) * yu,
+                        bias.is_some(),
+                        &partial,
+                        splits,
+                    )?;
+                    continue;
+                }
+                let total = (n1 - n0) * yu;
                 let params = ConvParams {
                     n: (n1 - n0) as u32,
                     has_bias: bias.is_some() as u32,
                     x_off,
                     out_off,
-                    reduce: to_u32(g.cg() * g.kh * g.kw, "C/groups x kh x kw")?,
+                    total: to_u32(total, "outputs per chunk")?,
                     ..base
                 };
-                ds.push(match &taps {
-                    Some(taps) => {
-                        let tile = self.tile;
-                        let (params, items) =
-                            tile_grid(params, (n1 - n0) * g.oh * g.ow, g.kg(), g.groups, tile)?;
-                        Dispatch {
-                            kernel: Kernel::Conv2dForwardTiled(tile),
-                            params: bytemuck::bytes_of(&params).to_vec(),
-                            bindings: vec![
-                                xb,
-                                wb,
-                                bb,
-                                Bind::whole(taps.buffer(), 4 * g.cg() * g.kh * g.kw),
-                                yb,
-                            ],
-                            items,
-                        }
-                    }
-                    None => {
-                        let total = (n1 - n0) * yu;
-                        let params = ConvParams {
-                            total: to_u32(total, "outputs per chunk")?,
-                            ..params
-                        };
-                        Dispatch {
-                            kernel: Kernel::Conv2dForward,
-                            params: bytemuck::bytes_of(&params).to_vec(),
-                            bindings: vec![xb, wb, bb, yb],
-                            items: total as u64,
-                        }
-                    }
+                ds.push(Dispatch {
+                    kernel: Kernel::Conv2dForward,
+                    params: bytemuck::bytes_of(&params).to_vec(),
+                    bindings: vec![xb, wb, bb, yb],
+                    items: total as u64,
                 });
             }
             self.execute(OP, &ds)?;
@@ -362,7 +555,8 @@ impl Gpu {
         Ok(y)
     }
 
-    /// dx on the GPU: the transposed convolution of dy, by index arithmetic. Same semantics as
+    /// dx on the GPU: the transposed convolution of dy, by index arithmetic (the implicit GEMM
+    /// split by stride phase, or the direct kernel). Same semantics as
     /// [`reference::conv2d_backward_input`](crate::reference::conv2d_backward_input).
     pub fn conv2d_backward_input(
         &self,
@@ -382,7 +576,7 @@ impl Gpu {
             let (xu, yu) = (g.c * g.h * g.w, g.k * g.oh * g.ow);
             let chunks = batch_chunks(self, g.n, &[(xu, "dx sample"), (yu, "dy sample")])?;
             let wb = Bind::whole(w.raw.buffer(), w.len());
-            let phases = if self.use_tiled(&g) {
+            let phases = if self.use_tiled(g.cg(), g.kg() * g.kh * g.kw) {
                 Some(dx_phases(&g)?)
             } else {
                 None
@@ -390,59 +584,63 @@ impl Gpu {
             let table = phases
                 .as_ref()
                 .map(|(_, taps)| self.scratch(bytemuck::cast_slice(taps)));
+            let khw = g.kh * g.kw;
+            let job = |n: usize, ph: &Phase| GemmJob {
+                n,
+                rows: ph.rows[0],
+                cols: ph.rows[1],
+                groups: g.groups,
+                in_c: g.k,
+                in_cg: g.kg(),
+                in_hw: [g.oh, g.ow],
+                a_step: [1, 1],
+                base: ph.base,
+                out_c: g.c,
+                out_cg: g.cg(),
+                out_hw: [g.h, g.w],
+                o_step: g.stride,
+                first: ph.first,
+                reduce: ph.taps,
+                tab_off: ph.tab_off,
+                w_group: g.kg() * g.cg() * khw,
+                w_col: khw,
+                pointwise: g.is_pointwise(),
+                w_r_step: g.cg(),
+            };
+            let max_chunk = chunks.iter().map(|&(a, b)| b - a).max().unwrap_or(0);
+            // One split count for all phases of a chunk (one second pass sums them), sized by
+            // the largest phase.
+            let splits = match &phases {
+                Some((phases, _)) => {
+                    let (tiles, reduce) = phases
+                        .iter()
+                        .map(|ph| (job(max_chunk, ph).tiles(self.gemm_tile(g.cg())), ph.taps))
+                        .max()
+                        .unwrap_or((0, 0));
+                    self.partial_splits(tiles, reduce, max_chunk * xu)
+                }
+                None => 1,
+            };
+            let partial = self.partial_buffer(splits, max_chunk * xu)?;
             let mut ds = Vec::new();
             for (n0, n1) in chunks {
                 let (dyb, dy_off) = self.window(dy.raw.buffer(), n0 * yu, n1 * yu);
                 let (dxb, out_off) = self.window(dx.raw.buffer(), n0 * xu, n1 * xu);
                 let nc = n1 - n0;
                 if let (Some((phases, taps)), Some(table)) = (&phases, &table) {
-                    let tile = self.tile;
-                    for ph in phases {
-                        let m = nc * ph.rows[0] * ph.rows[1];
-                        let tiles_m = m.div_ceil(tile.bm as usize);
-                        let tiles_n = g.cg().div_ceil(tile.bn as usize);
-                        let total = tiles_m * tiles_n * g.groups;
-                        let params = DxParams {
-                            n: nc as u32,
-                            c: base.c,
-                            h: base.h,
-                            w: base.w,
-                            k: base.k,
-                            oh: base.oh,
-                            ow: base.ow,
-                            cg: base.cg,
-                            kg: base.kg,
-                            taps_per_channel: to_u32(g.kh * g.kw, "kh x kw")?,
-                            stride_h: base.stride_h,
-                            stride_w: base.stride_w,
-                            rows: to_u32(ph.rows[0], "phase rows")?,
-                            cols: to_u32(ph.rows[1], "phase columns")?,
-                            first_h: ph.first[0] as u32,
-                            first_w: ph.first[1] as u32,
-                            base_h: ph.base[0] as i32 as u32,
-                            base_w: ph.base[1] as i32 as u32,
-                            reduce: to_u32(ph.taps, "phase taps")?,
-                            tab_off: to_u32(ph.tab_off, "tap table offset")?,
-                            dy_off,
-                            w_off: 0,
-                            out_off,
-                            total: to_u32(total, "tiles")?,
-                            tiles_m: to_u32(tiles_m, "row tiles")?,
-                            tiles_n: to_u32(tiles_n, "column tiles")?,
-                            ..Default::default()
-                        };
-                        ds.push(Dispatch {
-                            kernel: Kernel::Conv2dBackwardInputTiled(tile),
-                            params: bytemuck::bytes_of(&params).to_vec(),
-                            bindings: vec![
-                                dyb,
-                                wb,
-                                Bind::whole(table.buffer(), 4 * taps.len()),
-                                dxb,
-                            ],
-                            items: total as u64,
-                        });
-                    }
+                    let tb = Bind::whole(table.buffer(), 4 * taps.len());
+                    let jobs: Vec<GemmJob> = phases.iter().map(|ph| job(nc, ph)).collect();
+                    self.gemm_chunk(
+                        &mut ds,
+                        &jobs,
+                        [dyb, wb, Bind::whole(&self.dummy, 0), tb],
+                        dy_off,
+                        (dxb, out_off),
+                        nc * xu,
+                        false,
+                        &partial,
+                        splits,
+                    )?;
                     continue;
                 }
                 let total = nc * xu;
@@ -467,7 +665,6 @@ impl Gpu {
         }
         Ok(dx)
     }
-
     /// dW on the GPU: per-workgroup partial sums over N·OH·OW and an ordered second pass
     /// (deterministic, no atomics). Same semantics as
     /// [`reference::conv2d_backward_weight`](crate::reference::conv2d_backward_weight).
@@ -497,7 +694,7 @@ impl Gpu {
             .map(|&(a, b)| (b - a) * g.oh * g.ow)
             .max()
             .unwrap_or(0);
-        let tiled = self.use_tiled(&g);
+        let tiled = self.use_tiled(g.kg(), g.cg() * g.kh * g.kw) && g.kg() >= 4;
         let tile = self.tile;
         let taps = if tiled {
             Some(self.scratch(bytemuck::cast_slice(&forward_taps(&g)?)))
@@ -545,7 +742,7 @@ impl Gpu {
                         )?;
                         let total = tiles as usize * nsplit;
                         Dispatch {
-                            kernel: Kernel::Conv2dBackwardWeightTiled(tile),
+                            kernel: Kernel::Conv2dBackwardWeightTiled(tile, g.is_pointwise()),
                             params: bytemuck::bytes_of(&ConvParams {
                                 total: to_u32(total, "dW workgroups")?,
                                 ..params
@@ -569,7 +766,8 @@ impl Gpu {
             }
             ds.push(self.reduce_dispatch(
                 pb,
-                dw.raw.buffer(),
+                Bind::whole(dw.raw.buffer(), elems),
+                0,
                 elems,
                 if count > 0 { nsplit } else { 0 },
                 ci > 0,
@@ -582,11 +780,12 @@ impl Gpu {
         Ok(dw)
     }
 
-    /// The second pass of a split reduction: `out (+)= Σ_s partial[s]`.
+    /// The second pass of a split reduction: `out[out_off + e] (+)= Σ_s partial[s][e]`.
     fn reduce_dispatch<'a>(
         &self,
         partial: Bind<'a>,
-        out: &'a wgpu::Buffer,
+        out: Bind<'a>,
+        out_off: u32,
         elems: usize,
         splits: usize,
         accumulate: bool,
@@ -595,16 +794,32 @@ impl Gpu {
             elems: elems as u32,
             splits: splits as u32,
             accumulate: accumulate as u32,
-            out_off: 0,
+            out_off,
         };
         Dispatch {
             kernel: Kernel::ReducePartials,
             params: bytemuck::bytes_of(&params).to_vec(),
-            bindings: vec![partial, Bind::whole(out, elems)],
+            bindings: vec![partial, out],
             items: elems as u64,
         }
     }
 
+    /// Reduction splits of an implicit GEMM with `tiles` tiles of one split, `reduce` steps and
+    /// `elems` outputs per batch chunk, within the partial-sum budget.
+    fn partial_splits(&self, tiles: usize, reduce: usize, elems: usize) -> usize {
+        let budget = (MAX_PARTIAL_BYTES.min(self.max_binding) / 4) as usize / elems.max(1);
+        gemm_splits(self.split_target, tiles, reduce)
+            .min(budget)
+            .max(1)
+    }
+
+    /// Scratch for `splits` partial outputs of `elems` each (none for one split).
+    fn partial_buffer(&self, splits: usize, elems: usize) -> Result<Option<Raw>> {
+        if splits <= 1 {
+            return Ok(None);
+        }
+        Ok(Some(self.alloc(&[splits * elems], "split-K partial sums")?))
+    }
     /// db on the GPU: dy summed over N, OH, OW per channel, deterministic.
     pub fn conv2d_backward_bias(&self, dy: &Tensor) -> Result<Tensor> {
         const OP: &str = "conv2d_backward_bias";
@@ -656,7 +871,8 @@ impl Gpu {
             }
             ds.push(self.reduce_dispatch(
                 pb,
-                db.raw.buffer(),
+                Bind::whole(db.raw.buffer(), k),
+                0,
                 k,
                 if count > 0 { nsplit } else { 0 },
                 ci > 0,

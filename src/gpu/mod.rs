@@ -52,6 +52,7 @@ pub struct GpuBuilder {
     algorithm: Option<Algorithm>,
     tile: Option<Tile>,
     runtime_checks: Option<bool>,
+    split_target: Option<usize>,
 }
 
 /// Which conv kernels the ops run.
@@ -135,6 +136,13 @@ impl GpuBuilder {
     /// own indices against host-validated sizes, and the checks cost time in every loop.
     pub fn runtime_checks(mut self, on: bool) -> Self {
         self.runtime_checks = Some(on);
+        self
+    }
+    /// Workgroups an implicit GEMM should launch before its reduction is not split (split-K,
+    /// with a deterministic second pass): 528 on GPUs (four per SM of a large part), 0 (never
+    /// split) on CPU drivers. Tests raise it to exercise split-K on any adapter.
+    pub fn split_target(mut self, workgroups: usize) -> Self {
+        self.split_target = Some(workgroups);
         self
     }
     /// Most bytes of free buffers the pool keeps for reuse (default 1 GiB).
@@ -230,7 +238,15 @@ impl GpuBuilder {
             self.pool_limit_bytes.unwrap_or(1 << 30),
             limits.max_buffer_size,
         )));
+        let auto_tile = tile.is_none();
         let tile = tile.unwrap_or_else(|| default_tile(&info, &limits));
+        let split_target =
+            self.split_target
+                .unwrap_or(if info.device_type == wgpu::DeviceType::Cpu {
+                    0
+                } else {
+                    528
+                });
         if tile.invocations() > limits.max_compute_invocations_per_workgroup
             || tile.workgroup_bytes() > limits.max_compute_workgroup_storage_size
         {
@@ -267,9 +283,12 @@ impl GpuBuilder {
             max_binding,
             align,
             profiler: Mutex::new(None),
+            queue_lock: Mutex::new(()),
             algorithm,
             tile,
             runtime_checks,
+            split_target,
+            auto_tile,
         })
     }
 }
@@ -306,22 +325,23 @@ fn power_from_env() -> Result<Option<wgpu::PowerPreference>> {
     }
 }
 
-/// The tile for an adapter: large register blocks on real GPUs, small ones on CPU drivers (whose
-/// invocations are SIMD lanes with few registers), shrunk to fit the limits.
+/// The tile for an adapter, shrunk to fit its limits: 128 x 64 on GPUs, 64 x 64 (64
+/// invocations) on CPU drivers, whose workgroups each run on one thread (measured on an H100
+/// and on lavapipe; docs/PERF.md).
 fn default_tile(info: &wgpu::AdapterInfo, limits: &wgpu::Limits) -> Tile {
     let fits = |t: &Tile| {
         t.invocations() <= limits.max_compute_invocations_per_workgroup
             && t.workgroup_bytes() <= limits.max_compute_workgroup_storage_size
     };
     let preferred = if info.device_type == wgpu::DeviceType::Cpu {
-        Tile::SMALL
+        Tile::MEDIUM
     } else {
         Tile::LARGE
     };
     std::iter::once(preferred)
         .chain(Tile::CANDIDATES)
         .find(fits)
-        .unwrap_or(Tile::CANDIDATES[3])
+        .unwrap_or(Tile::CANDIDATES[Tile::CANDIDATES.len() - 1])
 }
 
 fn describe(info: &wgpu::AdapterInfo) -> String {
@@ -410,9 +430,15 @@ pub struct Gpu {
     align: u64,
     /// Set while [`Gpu::time_gpu`] runs: timestamp queries around every compute pass.
     profiler: Mutex<Option<Profiler>>,
+    /// Held around every `queue.submit` and `device.poll` (see [`Gpu::poll`]).
+    queue_lock: Mutex<()>,
     algorithm: Algorithm,
     tile: Tile,
     runtime_checks: bool,
+    /// See [`GpuBuilder::split_target`].
+    pub(crate) split_target: usize,
+    /// The tile was chosen from the adapter, not set: GEMMs with few columns may narrow it.
+    pub(crate) auto_tile: bool,
 }
 
 /// Timestamp queries for the compute passes recorded while [`Gpu::time_gpu`] runs.
@@ -476,6 +502,7 @@ impl Scope {
         let validation = pollster::block_on(self.validation.pop());
         let oom = pollster::block_on(self.oom.pop());
         if let Some(e) = validation.or(oom) {
+            gpu.note_error();
             return Err(Error::Wgpu {
                 op: op.to_string(),
                 message: e.to_string(),
@@ -550,12 +577,7 @@ impl Gpu {
     /// Waits until all submitted work has finished (or the poll timeout passes).
     pub fn synchronize(&self) -> Result<()> {
         self.check_alive()?;
-        self.device
-            .poll(wgpu::PollType::Wait {
-                submission_index: None,
-                timeout: Some(self.poll_timeout),
-            })
-            .map_err(|e| Error::Readback(format!("waiting for the GPU: {e}")))?;
+        self.wait_for(None)?;
         self.check_alive()
     }
 
@@ -564,7 +586,7 @@ impl Gpu {
     pub(crate) fn check_alive(&self) -> Result<()> {
         // wgpu reports a destroyed device only through the lost callback, which runs in a poll
         // once the queue is empty; until then its calls do nothing, silently.
-        let _ = self.device.poll(wgpu::PollType::Poll);
+        let _ = self.poll(wgpu::PollType::Poll);
         if let Some(reason) = self.lost.lock().unwrap_or_else(|e| e.into_inner()).clone() {
             return Err(Error::DeviceLost(reason));
         }
@@ -574,12 +596,38 @@ impl Gpu {
             .unwrap_or_else(|e| e.into_inner())
             .take()
         {
+            self.note_error();
             return Err(Error::Wgpu {
                 op: "earlier call".into(),
                 message: msg,
             });
         }
         Ok(())
+    }
+
+    /// `device.poll`, serialised with every other poll and submit of this `Gpu`: wgpu-core 30
+    /// panics ("If the queue is empty, the current submission index ... should be at least the
+    /// wait submission index") when a `Wait` poll races a poll or submit on another thread that
+    /// retires the awaited submission.
+    fn poll(&self, ty: wgpu::PollType) -> std::result::Result<wgpu::PollStatus, wgpu::PollError> {
+        let _one = self.queue_lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.device.poll(ty)
+    }
+
+    /// `queue.submit` (which polls the device internally), serialised like [`Gpu::poll`].
+    pub(crate) fn submit<I: IntoIterator<Item = wgpu::CommandBuffer>>(
+        &self,
+        commands: I,
+    ) -> wgpu::SubmissionIndex {
+        let _one = self.queue_lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.queue.submit(commands)
+    }
+
+    fn note_error(&self) {
+        self.pool
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .note_error();
     }
 
     pub(crate) fn scope(&self) -> Scope {
@@ -628,8 +676,8 @@ impl Gpu {
                     self.max_binding
                 )));
             }
-            if unit > 0 {
-                per = per.min(max_elems / unit);
+            if let Some(fit) = max_elems.checked_div(unit) {
+                per = per.min(fit);
             }
         }
         Ok(per)
@@ -730,8 +778,60 @@ impl Gpu {
                 uniforms.push(uniform);
             }
         }
-        self.queue.submit([encoder.finish()]);
-        scope.finish(self, op)
+        let index = self.submit([encoder.finish()]);
+        scope.finish(self, op)?;
+        self.check_submitted(index)
+    }
+
+    /// `Err` if the device silently rejected submission `index`: a destroyed device does
+    /// nothing and reports nothing until its queue drains and the lost callback runs, but a zero
+    /// wait on a rejected submission fails at once.
+    pub(crate) fn check_submitted(&self, index: wgpu::SubmissionIndex) -> Result<()> {
+        match self.poll(wgpu::PollType::Wait {
+            submission_index: Some(index),
+            timeout: Some(Duration::ZERO),
+        }) {
+            Err(wgpu::PollError::WrongSubmissionIndex(..)) => Err(self.rejected()),
+            _ => Ok(()),
+        }
+    }
+
+    fn rejected(&self) -> Error {
+        match self.check_alive() {
+            Err(e) => e,
+            Ok(()) => {
+                Error::DeviceLost("the device rejected a submission (destroyed or lost)".into())
+            }
+        }
+    }
+
+    /// Waits until submission `index` (all work when `None`) is done, up to the poll timeout.
+    /// One wait may end early (GL caps it near 2 s), so it is repeated until the deadline.
+    fn wait_for(&self, index: Option<wgpu::SubmissionIndex>) -> Result<()> {
+        let start = std::time::Instant::now();
+        loop {
+            let left = self.poll_timeout.saturating_sub(start.elapsed());
+            let asked = std::time::Instant::now();
+            match self.poll(wgpu::PollType::Wait {
+                submission_index: index.clone(),
+                timeout: Some(left),
+            }) {
+                Ok(_) => return Ok(()),
+                Err(wgpu::PollError::WrongSubmissionIndex(..)) => return Err(self.rejected()),
+                Err(wgpu::PollError::Timeout) if start.elapsed() < self.poll_timeout => {
+                    // Not a busy loop where a backend returns early without waiting.
+                    if asked.elapsed() < left / 2 {
+                        std::thread::sleep(Duration::from_millis(1).min(left));
+                    }
+                }
+                Err(e) => {
+                    return Err(Error::Readback(format!(
+                        "waiting {:?} for the GPU to finish: {e}",
+                        self.poll_timeout
+                    )));
+                }
+            }
+        }
     }
 
     /// Whether the device has timestamp queries, so [`Gpu::time_gpu`] can measure on the GPU.
@@ -793,7 +893,7 @@ impl Gpu {
                 label: Some("timestamps"),
             });
         encoder.resolve_query_set(&p.query, 0..2 * p.used, &resolve, 0);
-        self.queue.submit([encoder.finish()]);
+        self.submit([encoder.finish()]);
         scope.finish(self, "time_gpu")?;
         let stamps: Vec<u64> = bytemuck::pod_collect_to_vec(&self.read_bytes(&resolve, bytes)?);
         let period_ns = f64::from(self.queue.get_timestamp_period());
@@ -831,7 +931,7 @@ impl Gpu {
                 label: Some("readback"),
             });
         encoder.copy_buffer_to_buffer(src, 0, staging.buffer(), 0, bytes);
-        let index = self.queue.submit([encoder.finish()]);
+        let index = self.submit([encoder.finish()]);
         scope.finish(self, "download")?;
 
         let out = self.map_read(staging.buffer(), index, bytes);
@@ -856,22 +956,12 @@ impl Gpu {
         staging.map_async(wgpu::MapMode::Read, ..bytes, move |r| {
             let _ = tx.send(r);
         });
-        self.device
-            .poll(wgpu::PollType::Wait {
-                submission_index: Some(index),
-                timeout: Some(self.poll_timeout),
-            })
-            .map_err(|e| {
-                Error::Readback(format!(
-                    "waiting {:?} for the GPU to finish: {e}",
-                    self.poll_timeout
-                ))
-            })?;
+        self.wait_for(Some(index))?;
         let mapped = match rx.try_recv() {
             Ok(r) => r,
             // The callback runs on a later poll on some backends.
             Err(_) => {
-                let _ = self.device.poll(wgpu::PollType::Poll);
+                let _ = self.poll(wgpu::PollType::Poll);
                 rx.recv_timeout(self.poll_timeout)
                     .map_err(|_| Error::Readback("buffer map did not complete".into()))?
             }

@@ -11,8 +11,14 @@ fn pool_params(g: &Pool2dGeometry, count_include_pad: bool) -> Result<PoolParams
     let s = &g.spec;
     to_u32(g.h + 2 * s.padding[0], "padded input height")?;
     to_u32(g.w + 2 * s.padding[1], "padded input width")?;
-    to_u32((s.kernel[0] - 1) * s.dilation[0] + 1, "dilated kernel height")?;
-    to_u32((s.kernel[1] - 1) * s.dilation[1] + 1, "dilated kernel width")?;
+    to_u32(
+        (s.kernel[0] - 1) * s.dilation[0] + 1,
+        "dilated kernel height",
+    )?;
+    to_u32(
+        (s.kernel[1] - 1) * s.dilation[1] + 1,
+        "dilated kernel width",
+    )?;
     Ok(PoolParams {
         h: to_u32(g.h, "H")?,
         w: to_u32(g.w, "W")?,
@@ -80,14 +86,18 @@ impl Gpu {
     /// Max-pool on the GPU: values and u32 argmax indices (flat `h * W + w` in the input
     /// plane), following PyTorch's scan exactly. Same semantics as
     /// [`reference::max_pool2d_forward`](crate::reference::max_pool2d_forward).
-    pub fn max_pool2d_forward(&self, x: &Tensor, spec: &Pool2dSpec) -> Result<(Tensor, IndexTensor)> {
+    pub fn max_pool2d_forward(
+        &self,
+        x: &Tensor,
+        spec: &Pool2dSpec,
+    ) -> Result<(Tensor, IndexTensor)> {
         const OP: &str = "max_pool2d_forward";
         let g = spec.geometry(dims4(&x.raw, "x")?)?;
         crate::reference::pool::check_plane_indexable(g.h, g.w)?;
         self.check_owner(&x.raw, OP)?;
         let y = self.new_output(&g.y_shape(), "max_pool2d_forward output")?;
         let idx = self.output_indices(&g.y_shape(), "max_pool2d_forward indices")?;
-        if y.len() > 0 {
+        if !y.is_empty() {
             self.run_pool(
                 OP,
                 Kernel::MaxPool2dForward,
@@ -99,7 +109,9 @@ impl Gpu {
                         (y.raw.buffer(), g.oh * g.ow, "output plane"),
                         (idx.raw.buffer(), g.oh * g.ow, "index plane"),
                     ],
-                    offsets: vec![|p, o| p.in_off = o, |p, o| p.out_off = o, |p, o| p.idx_off = o],
+                    offsets: vec![|p, o| p.in_off = o, |p, o| p.out_off = o, |p, o| {
+                        p.idx_off = o
+                    }],
                     out_unit: g.oh * g.ow,
                 },
             )?;
@@ -134,7 +146,7 @@ impl Gpu {
         self.check_owner(&dy.raw, OP)?;
         self.check_owner(&indices.raw, OP)?;
         let dx = self.new_output(&g.x_shape(), "max_pool2d_backward output")?;
-        if dx.len() > 0 {
+        if !dx.is_empty() {
             self.run_pool(
                 OP,
                 Kernel::MaxPool2dBackward,
@@ -146,7 +158,9 @@ impl Gpu {
                         (indices.raw.buffer(), g.oh * g.ow, "index plane"),
                         (dx.raw.buffer(), g.h * g.w, "dx plane"),
                     ],
-                    offsets: vec![|p, o| p.in_off = o, |p, o| p.idx_off = o, |p, o| p.out_off = o],
+                    offsets: vec![|p, o| p.in_off = o, |p, o| p.idx_off = o, |p, o| {
+                        p.out_off = o
+                    }],
                     out_unit: g.h * g.w,
                 },
             )?;
@@ -169,7 +183,7 @@ impl Gpu {
         let g = spec.avg_geometry(dims4(&x.raw, "x")?)?;
         self.check_owner(&x.raw, OP)?;
         let y = self.new_output(&g.y_shape(), "avg_pool2d_forward output")?;
-        if y.len() > 0 {
+        if !y.is_empty() {
             self.run_pool(
                 OP,
                 Kernel::AvgPool2dForward,
@@ -204,7 +218,7 @@ impl Gpu {
         let g = spec.backward_geometry(dims4(&dy.raw, "dy")?, input_hw, true)?;
         self.check_owner(&dy.raw, OP)?;
         let dx = self.new_output(&g.x_shape(), "avg_pool2d_backward output")?;
-        if dx.len() > 0 {
+        if !dx.is_empty() {
             self.run_pool(
                 OP,
                 Kernel::AvgPool2dBackward,

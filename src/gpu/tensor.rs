@@ -18,7 +18,10 @@ pub(crate) struct Raw {
 impl Raw {
     /// The buffer; only called for non-empty tensors.
     pub fn buffer(&self) -> &wgpu::Buffer {
-        self.buf.as_ref().expect("non-empty tensor has a buffer").buffer()
+        self.buf
+            .as_ref()
+            .expect("non-empty tensor has a buffer")
+            .buffer()
     }
 }
 
@@ -81,12 +84,13 @@ impl std::fmt::Debug for IndexTensor {
 }
 
 impl Gpu {
-    /// A tensor of `shape` whose contents are undefined until a kernel writes them.
-    pub(crate) fn alloc(&self, shape: &[usize], what: &str) -> Result<Raw> {
+    /// Elements and bytes of a 4-byte-element tensor of `shape`, or `Err` when it does not fit
+    /// one device buffer (`max_buffer_size`).
+    fn device_bytes(&self, shape: &[usize], what: &str) -> Result<(usize, u64)> {
         let len = numel(shape, what)?;
-        let bytes = (len as u64).checked_mul(4).ok_or_else(|| {
-            Error::Overflow(format!("{what} shape {shape:?} has too many bytes"))
-        })?;
+        let bytes = (len as u64)
+            .checked_mul(4)
+            .ok_or_else(|| Error::Overflow(format!("{what} shape {shape:?} has too many bytes")))?;
         if bytes > self.limits.max_buffer_size {
             return Err(Error::DeviceLimit(format!(
                 "{what} shape {shape:?} needs {bytes} bytes, more than the device's \
@@ -94,7 +98,17 @@ impl Gpu {
                 self.limits.max_buffer_size
             )));
         }
+        Ok((len, bytes))
+    }
+
+    /// A tensor of `shape` whose contents are undefined until a kernel writes them.
+    pub(crate) fn alloc(&self, shape: &[usize], what: &str) -> Result<Raw> {
+        let (len, bytes) = self.device_bytes(shape, what)?;
         let buf = if len == 0 {
+            // No GPU work follows for an empty tensor, so the device is checked here: a lost or
+            // destroyed one fails every call (it rejects even an empty submission).
+            self.check_alive()?;
+            self.check_submitted(self.submit([]))?;
             None
         } else {
             Some(self.take_buffer(BufferKind::Storage, bytes))
@@ -109,12 +123,17 @@ impl Gpu {
 
     fn upload_raw(&self, shape: &[usize], bytes: &[u8], what: &str) -> Result<Raw> {
         self.check_alive()?;
+        // Refused before wgpu is called.
+        self.device_bytes(shape, what)?;
         let scope = self.scope();
         let raw = self.alloc(shape, what)?;
         if let Some(buf) = &raw.buf {
             self.queue.write_buffer(buf.buffer(), 0, bytes);
         }
+        // Flushes the write; a destroyed device rejects it.
+        let index = self.submit([]);
         scope.finish(self, "upload")?;
+        self.check_submitted(index)?;
         Ok(raw)
     }
 
@@ -128,6 +147,8 @@ impl Gpu {
     /// # Ok(()) }
     /// ```
     pub fn upload<S: Data<Elem = f32>, D: Dimension>(&self, a: &ArrayBase<S, D>) -> Result<Tensor> {
+        // Before a (possibly broadcast, hence huge) view is copied into standard layout.
+        self.device_bytes(a.shape(), "upload")?;
         let std = a.as_standard_layout();
         let data = std.as_slice().expect("standard layout is contiguous");
         Ok(Tensor {
@@ -140,6 +161,7 @@ impl Gpu {
         &self,
         a: &ArrayBase<S, D>,
     ) -> Result<IndexTensor> {
+        self.device_bytes(a.shape(), "upload_indices")?;
         let std = a.as_standard_layout();
         let data = std.as_slice().expect("standard layout is contiguous");
         Ok(IndexTensor {

@@ -23,6 +23,17 @@ pub(crate) fn tap(
         .filter(|&p| p < len)
 }
 
+/// `x[n, c, ih, iw]`, or the zero of the padding. The zero is multiplied like any input, so a
+/// NaN or Inf weight (or dy) makes the outputs whose windows overhang the padding non-finite
+/// too (0 x NaN = NaN), as the GEMM path and PyTorch do.
+#[inline]
+fn padded<A: Element>(x: &ArrayView4<A>, n: usize, c: usize, at: [Option<usize>; 2]) -> A {
+    match at {
+        [Some(ih), Some(iw)] => x[[n, c, ih, iw]],
+        _ => A::zero(),
+    }
+}
+
 /// `y[n, k, oh, ow] = bias[k] + Σ_{c, i, j} x[n, g·C/g + c, oh·s - pad + i·d, ...] · w[k, c, i, j]`.
 pub fn conv2d_forward<A: Element>(
     x: ArrayView4<A>,
@@ -34,7 +45,7 @@ pub fn conv2d_forward<A: Element>(
     check_bias(bias.as_ref(), g.k)?;
     let (cg, kg) = (g.cg(), g.kg());
     let (p, s, d) = (g.padding, g.stride, g.dilation);
-    let mut y = Array4::zeros(g.y_shape());
+    let mut y = super::zeros4(g.y_shape(), "output")?;
     for n in 0..g.n {
         for k in 0..g.k {
             let c0 = (k / kg) * cg;
@@ -44,13 +55,16 @@ pub fn conv2d_forward<A: Element>(
                     for c in 0..cg {
                         for i in 0..g.kh {
                             for j in 0..g.kw {
-                                let (Some(ih), Some(iw)) = (
-                                    tap(oh, i, s[0], d[0], p.top, g.h),
-                                    tap(ow, j, s[1], d[1], p.left, g.w),
-                                ) else {
-                                    continue;
-                                };
-                                acc += x[[n, c0 + c, ih, iw]] * w[[k, c, i, j]];
+                                let xv = padded(
+                                    &x,
+                                    n,
+                                    c0 + c,
+                                    [
+                                        tap(oh, i, s[0], d[0], p.top, g.h),
+                                        tap(ow, j, s[1], d[1], p.left, g.w),
+                                    ],
+                                );
+                                acc += xv * w[[k, c, i, j]];
                             }
                         }
                     }
@@ -73,7 +87,7 @@ pub fn conv2d_backward_input<A: Element>(
     let g = spec.backward_input_geometry(dims4(&dy), dims4(&w), input_hw)?;
     let (cg, kg) = (g.cg(), g.kg());
     let (p, s, d) = (g.padding, g.stride, g.dilation);
-    let mut dx = Array4::zeros(g.x_shape());
+    let mut dx = super::zeros4(g.x_shape(), "dx")?;
     for n in 0..g.n {
         for k in 0..g.k {
             let c0 = (k / kg) * cg;
@@ -110,7 +124,7 @@ pub fn conv2d_backward_weight<A: Element>(
     let g = spec.backward_weight_geometry(dims4(&x), dims4(&dy), kernel_hw)?;
     let (cg, kg) = (g.cg(), g.kg());
     let (p, s, d) = (g.padding, g.stride, g.dilation);
-    let mut dw = Array4::zeros(g.w_shape());
+    let mut dw = super::zeros4(g.w_shape(), "dW")?;
     for k in 0..g.k {
         let c0 = (k / kg) * cg;
         for c in 0..cg {
@@ -120,13 +134,16 @@ pub fn conv2d_backward_weight<A: Element>(
                     for n in 0..g.n {
                         for oh in 0..g.oh {
                             for ow in 0..g.ow {
-                                let (Some(ih), Some(iw)) = (
-                                    tap(oh, i, s[0], d[0], p.top, g.h),
-                                    tap(ow, j, s[1], d[1], p.left, g.w),
-                                ) else {
-                                    continue;
-                                };
-                                acc += x[[n, c0 + c, ih, iw]] * dy[[n, k, oh, ow]];
+                                let xv = padded(
+                                    &x,
+                                    n,
+                                    c0 + c,
+                                    [
+                                        tap(oh, i, s[0], d[0], p.top, g.h),
+                                        tap(ow, j, s[1], d[1], p.left, g.w),
+                                    ],
+                                );
+                                acc += xv * dy[[n, k, oh, ow]];
                             }
                         }
                     }

@@ -96,7 +96,8 @@ pub fn conv2d_forward<A: Element>(
     let x = x.as_standard_layout();
     let wm = weight_matrix(&g, &w);
     let (cg, kg, taps, pix) = (g.cg(), g.kg(), g.cg() * g.kh * g.kw, g.oh * g.ow);
-    let mut y = Array4::zeros(g.y_shape());
+    let mut y = super::zeros4(g.y_shape(), "output")?;
+    super::host_bytes::<A>(&[taps, pix], "im2col matrix")?;
     y.outer_iter_mut()
         .into_par_iter()
         .zip(x.outer_iter().into_par_iter())
@@ -142,7 +143,8 @@ pub fn conv2d_backward_input<A: Element>(
     let wm = weight_matrix(&g, &w);
     let (cg, kg, taps, pix) = (g.cg(), g.kg(), g.cg() * g.kh * g.kw, g.oh * g.ow);
     let group_len = cg * g.h * g.w;
-    let mut dx = Array4::zeros(g.x_shape());
+    let mut dx = super::zeros4(g.x_shape(), "dx")?;
+    super::host_bytes::<A>(&[taps, pix], "im2col matrix")?;
     dx.outer_iter_mut()
         .into_par_iter()
         .zip(dy.outer_iter().into_par_iter())
@@ -182,6 +184,12 @@ pub fn conv2d_backward_weight<A: Element>(
     let dy = dy.as_standard_layout();
     let (cg, kg, taps, pix) = (g.cg(), g.kg(), g.cg() * g.kh * g.kw, g.oh * g.ow);
     let group_len = cg * g.h * g.w;
+    // Allocated before the per-chunk partial sums (of its size) so that a dW too large for the
+    // host is an error, not an abort inside the parallel loop.
+    let mut dw = super::zeros4::<A>(g.w_shape(), "dW")?
+        .into_shape_with_order((g.k, taps))
+        .expect("standard layout");
+    super::host_bytes::<A>(&[taps, pix], "im2col matrix")?;
     let partials: Vec<Array2<A>> = (0..g.n.div_ceil(DW_CHUNK))
         .into_par_iter()
         .map(|chunk| {
@@ -212,7 +220,6 @@ pub fn conv2d_backward_weight<A: Element>(
             acc
         })
         .collect();
-    let mut dw = Array2::zeros((g.k, taps));
     for p in &partials {
         dw += p;
     }

@@ -20,6 +20,7 @@
 
 pub mod direct;
 pub mod gemm;
+pub mod nn;
 pub mod pool;
 pub mod transposed;
 
@@ -49,6 +50,37 @@ impl Element for f64 {}
 pub(crate) fn dims4<A>(a: &ArrayView4<A>) -> [usize; 4] {
     let s = a.shape();
     [s[0], s[1], s[2], s[3]]
+}
+
+/// Bytes of an array of `shape` with elements of `A`, or `Err` when they exceed what the host
+/// can address (`isize::MAX`; ndarray and `Vec` would panic).
+pub(crate) fn host_bytes<A>(shape: &[usize], what: &str) -> Result<usize> {
+    crate::spec::numel(shape, what)?
+        .checked_mul(std::mem::size_of::<A>())
+        .filter(|&b| b <= isize::MAX as usize)
+        .ok_or_else(|| {
+            crate::error::Error::Overflow(format!(
+                "{what} shape {shape:?} needs more bytes than the host can address"
+            ))
+        })
+}
+
+/// A zero-filled array for a result; `Err` instead of a panic or an abort when it cannot be
+/// allocated (a hostile padding can ask for terabytes).
+pub(crate) fn zeros4<A: Clone + num_traits::Zero>(
+    shape: [usize; 4],
+    what: &str,
+) -> Result<Array4<A>> {
+    let bytes = host_bytes::<A>(&shape, what)?;
+    let len = bytes / std::mem::size_of::<A>().max(1);
+    let mut data = Vec::new();
+    data.try_reserve_exact(len).map_err(|e| {
+        crate::error::Error::Overflow(format!(
+            "{what} shape {shape:?}: allocating {bytes} bytes failed: {e}"
+        ))
+    })?;
+    data.resize(len, A::zero());
+    Ok(Array4::from_shape_vec(shape, data).expect("length is the shape's product"))
 }
 
 pub(crate) fn check_bias<A>(bias: Option<&ArrayView1<A>>, k: usize) -> Result<()> {

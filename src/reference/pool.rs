@@ -26,8 +26,8 @@ pub fn max_pool2d_forward<A: Element>(
     let g = spec.geometry(dims4(&x))?;
     check_plane_indexable(g.h, g.w)?;
     let [dh, dw] = spec.dilation;
-    let mut y = Array4::zeros(g.y_shape());
-    let mut idx = Array4::zeros(g.y_shape());
+    let mut y = super::zeros4(g.y_shape(), "output")?;
+    let mut idx = super::zeros4(g.y_shape(), "indices")?;
     for n in 0..g.n {
         for c in 0..g.c {
             for oh in 0..g.oh {
@@ -71,7 +71,7 @@ pub fn max_pool2d_backward<A: Element>(
         )));
     }
     let plane = g.h * g.w;
-    let mut dx = Array4::zeros(g.x_shape());
+    let mut dx = super::zeros4(g.x_shape(), "dx")?;
     for ((n, c, oh, ow), &i) in indices.indexed_iter() {
         let i = i as usize;
         if i >= plane {
@@ -92,7 +92,7 @@ pub fn avg_pool2d_forward<A: Element>(
     count_include_pad: bool,
 ) -> Result<Array4<A>> {
     let g = spec.avg_geometry(dims4(&x))?;
-    let mut y = Array4::zeros(g.y_shape());
+    let mut y = super::zeros4(g.y_shape(), "output")?;
     for n in 0..g.n {
         for c in 0..g.c {
             for oh in 0..g.oh {
@@ -122,7 +122,7 @@ pub fn avg_pool2d_backward<A: Element>(
     count_include_pad: bool,
 ) -> Result<Array4<A>> {
     let g = spec.backward_geometry(dims4(&dy), input_hw, true)?;
-    let mut dx = Array4::zeros(g.x_shape());
+    let mut dx = super::zeros4(g.x_shape(), "dx")?;
     for n in 0..g.n {
         for c in 0..g.c {
             for oh in 0..g.oh {

@@ -8,7 +8,7 @@
 use ndarray::{Array4, ArrayView4};
 
 use super::{Element, dims4, gemm};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::spec::Conv2dSpec;
 
 /// dx by the dilate-pad-rotate construction (materialises the dilated dy; a cross-check, not a
@@ -20,17 +20,25 @@ pub fn conv2d_backward_input<A: Element>(
     spec: &Conv2dSpec,
 ) -> Result<Array4<A>> {
     let g = spec.backward_input_geometry(dims4(&dy), dims4(&w), input_hw)?;
-    let [(top, bottom), (left, right)] = g.transposed_padding();
     let (s, d) = (g.stride, g.dilation);
-    // Size of the dilated, padded dy: pad + (O - 1)·s + 1 + pad (pads may be negative).
-    let hd = top + ((g.oh - 1) * s[0] + 1) as isize + bottom;
-    let wd = left + ((g.ow - 1) * s[1] + 1) as isize + right;
-    let (hd, wd) = (hd as usize, wd as usize);
-    let mut dyd = Array4::zeros((g.n, g.k, hd, wd));
+    // Size of the dilated, padded dy: pad + (O - 1)·s + 1 + pad (pads may be negative), which is
+    // H + dil·(k-1). In 128 bits: hostile paddings and dilations pass `isize`.
+    let full = |k: usize, d: usize| d as i128 * (k as i128 - 1);
+    let (fh, fw) = (full(g.kh, d[0]), full(g.kw, d[1]));
+    let (top, left) = (fh - g.padding.top as i128, fw - g.padding.left as i128);
+    let len = |input: usize, f: i128| {
+        usize::try_from(input as i128 + f).map_err(|_| {
+            Error::Overflow(format!(
+                "the dilated dy of dx by transposed convolution has {input} + {f} rows or columns"
+            ))
+        })
+    };
+    let (hd, wd) = (len(g.h, fh)?, len(g.w, fw)?);
+    let mut dyd = super::zeros4([g.n, g.k, hd, wd], "dilated dy")?;
     for ((n, k, oh, ow), &v) in dy.indexed_iter() {
-        let r = top + (oh * s[0]) as isize;
-        let c = left + (ow * s[1]) as isize;
-        if (0..hd as isize).contains(&r) && (0..wd as isize).contains(&c) {
+        let r = top + (oh * s[0]) as i128;
+        let c = left + (ow * s[1]) as i128;
+        if (0..hd as i128).contains(&r) && (0..wd as i128).contains(&c) {
             dyd[[n, k, r as usize, c as usize]] = v;
         }
     }

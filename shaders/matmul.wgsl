@@ -1,0 +1,128 @@
+// Tiled GEMM for the linear layer: c[m, n] = sum over k of op(a)[m, k] * op(b)[k, n], plus
+// bias[n] when has_bias. op(a) is a stored [M, K] row-major, or [K, M] when trans_a; op(b) is b
+// stored [K, N], or [N, K] when trans_b. One workgroup per 32 x 32 tile of c: the 64
+// invocations stage 16-deep slices of a and b in workgroup memory and each accumulates a 4 x 4
+// block, in increasing k, so the result is the same on every run (no atomics).
+//   linear forward  y  = x · wᵀ + b : a = x  [N, in],  b = w [out, in] (trans_b)
+//   linear dx       dx = dy · w     : a = dy [N, out], b = w [out, in]
+//   linear dW       dW = dyᵀ · x    : a = dy [N, out] (trans_a), b = x [N, in]
+
+struct Params {
+    m: u32, n: u32, k: u32, trans_a: u32,
+    trans_b: u32, has_bias: u32, _pad0: u32, _pad1: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> a: array<f32>;
+@group(0) @binding(2) var<storage, read> b: array<f32>;
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(4) var<storage, read_write> c: array<f32>;
+
+const BM: u32 = 32u;
+const BN: u32 = 32u;
+const BK: u32 = 16u;
+const WG: u32 = 64u;
+// Invocations per row of the 8 x 8 grid of 4 x 4 blocks.
+const GRID: u32 = 8u;
+
+// [BK][BM] and [BK][BN], k-major so the inner loop reads rows.
+var<workgroup> a_tile: array<f32, 512>;
+var<workgroup> b_tile: array<f32, 512>;
+
+fn load_a(row: u32, kk: u32) -> f32 {
+    if (row >= p.m || kk >= p.k) {
+        return 0.0;
+    }
+    if (p.trans_a != 0u) {
+        return a[kk * p.m + row];
+    }
+    return a[row * p.k + kk];
+}
+
+fn load_b(kk: u32, col: u32) -> f32 {
+    if (kk >= p.k || col >= p.n) {
+        return 0.0;
+    }
+    if (p.trans_b != 0u) {
+        return b[col * p.k + kk];
+    }
+    return b[kk * p.n + col];
+}
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let tiles_n = (p.n + BN - 1u) / BN;
+    let tiles_m = (p.m + BM - 1u) / BM;
+    let tile = wid.x + wid.y * nwg.x;
+    // Uniform per workgroup, so the barriers below stay in uniform control flow.
+    if (tile >= tiles_m * tiles_n) {
+        return;
+    }
+    let row0 = (tile / tiles_n) * BM;
+    let col0 = (tile % tiles_n) * BN;
+    let tr = lid / GRID;
+    let tc = lid % GRID;
+
+    var acc: array<f32, 16>;
+    for (var i = 0u; i < 16u; i++) {
+        acc[i] = 0.0;
+    }
+    for (var k0 = 0u; k0 < p.k; k0 += BK) {
+        // 512 elements of each tile, 8 per invocation; consecutive invocations read
+        // consecutive addresses of the stored layout.
+        for (var s = 0u; s < 8u; s++) {
+            let e = lid + s * WG;
+            var r: u32;
+            var kk: u32;
+            if (p.trans_a != 0u) {
+                kk = e / BM;
+                r = e % BM;
+            } else {
+                r = e / BK;
+                kk = e % BK;
+            }
+            a_tile[kk * BM + r] = load_a(row0 + r, k0 + kk);
+            var col: u32;
+            if (p.trans_b != 0u) {
+                col = e / BK;
+                kk = e % BK;
+            } else {
+                kk = e / BN;
+                col = e % BN;
+            }
+            b_tile[kk * BN + col] = load_b(k0 + kk, col0 + col);
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < BK; kk++) {
+            var av: array<f32, 4>;
+            var bv: array<f32, 4>;
+            for (var i = 0u; i < 4u; i++) {
+                av[i] = a_tile[kk * BM + tr * 4u + i];
+                bv[i] = b_tile[kk * BN + tc * 4u + i];
+            }
+            for (var i = 0u; i < 4u; i++) {
+                for (var j = 0u; j < 4u; j++) {
+                    acc[i * 4u + j] += av[i] * bv[j];
+                }
+            }
+        }
+        workgroupBarrier();
+    }
+    for (var i = 0u; i < 4u; i++) {
+        let row = row0 + tr * 4u + i;
+        if (row >= p.m) {
+            continue;
+        }
+        for (var j = 0u; j < 4u; j++) {
+            let col = col0 + tc * 4u + j;
+            if (col < p.n) {
+                var v = acc[i * 4u + j];
+                if (p.has_bias != 0u) {
+                    v += bias[col];
+                }
+                c[row * p.n + col] = v;
+            }
+        }
+    }
+}
