@@ -25,10 +25,12 @@ fn window(o: u32, s: u32, pad: u32, k: u32, len: u32) -> vec3<u32> {
 fn divisor(oh: u32, ow: u32) -> f32 {
     let wh = window(oh, p.stride_h, p.pad_h, p.kh, p.h);
     let ww = window(ow, p.stride_w, p.pad_w, p.kw, p.w);
+    // Multiplied in f32: the product of two window lengths can pass u32 (the reference's
+    // divisor is the exact integer, which f32 represents to 24 bits, as here).
     if (p.count_include_pad != 0u) {
-        return f32(wh.z * ww.z);
+        return f32(wh.z) * f32(ww.z);
     }
-    return f32((wh.y - wh.x) * (ww.y - ww.x));
+    return f32(wh.y - wh.x) * f32(ww.y - ww.x);
 }
 
 // Windows o with o*s - pad <= i < o*s - pad + k, clipped to [0, out).

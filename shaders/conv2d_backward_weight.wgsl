@@ -52,10 +52,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         let n = r / plane;
         let ih = i32(oh * p.stride_h + i * p.dil_h) - i32(p.pad_top);
         let iw = i32(ow * p.stride_w + j * p.dil_w) - i32(p.pad_left);
+        // A tap in the padding multiplies a zero (so a NaN or Inf in dy propagates, as in
+        // PyTorch).
+        var xv = 0.0;
         if (ih >= 0 && ih < i32(p.h) && iw >= 0 && iw < i32(p.w)) {
-            acc += x[p.x_off + ((n * p.c + c) * p.h + u32(ih)) * p.w + u32(iw)]
-                 * dy[p.dy_off + (n * p.k + k) * plane + oh * p.ow + ow];
+            xv = x[p.x_off + ((n * p.c + c) * p.h + u32(ih)) * p.w + u32(iw)];
         }
+        acc += xv * dy[p.dy_off + (n * p.k + k) * plane + oh * p.ow + ow];
     }
     sums[lid] = acc;
     workgroupBarrier();

@@ -41,20 +41,21 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     }
     let ih0 = i32(oh * p.stride_h) - i32(p.pad_top);
     let iw0 = i32(ow * p.stride_w) - i32(p.pad_left);
+    // Taps in the padding multiply a zero, as PyTorch's zero-padded input does: a NaN or Inf
+    // weight then poisons every output of its channel, not only those whose window is inside.
     for (var c = 0u; c < p.cg; c++) {
         let x_plane = p.x_off + ((n * p.c + c0 + c) * p.h) * p.w;
         let w_base = p.w_off + ((k * p.cg + c) * p.kh) * p.kw;
         for (var i = 0u; i < p.kh; i++) {
             let ih = ih0 + i32(i * p.dil_h);
-            if (ih < 0 || ih >= i32(p.h)) {
-                continue;
-            }
+            let row_in = ih >= 0 && ih < i32(p.h);
             for (var j = 0u; j < p.kw; j++) {
                 let iw = iw0 + i32(j * p.dil_w);
-                if (iw < 0 || iw >= i32(p.w)) {
-                    continue;
+                var xv = 0.0;
+                if (row_in && iw >= 0 && iw < i32(p.w)) {
+                    xv = x[x_plane + u32(ih) * p.w + u32(iw)];
                 }
-                acc += x[x_plane + u32(ih) * p.w + u32(iw)] * wt[w_base + i * p.kw + j];
+                acc += xv * wt[w_base + i * p.kw + j];
             }
         }
     }

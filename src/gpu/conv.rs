@@ -196,14 +196,11 @@ fn dx_phases(g: &Conv2dGeometry) -> Result<(Vec<Phase>, Vec<[i32; 4]>)> {
     let axis = |len: usize, pad: usize, k: usize, s: usize, d: usize| -> Vec<Axis> {
         let step = s / gcd(s, d);
         let delta = (step * d / s) as i64;
-        (0..s)
-            .map(|ph| {
-                let first = (ph + s - pad % s) % s;
-                let rows = if first < len {
-                    (len - first).div_ceil(s)
-                } else {
-                    0
-                };
+        // Only the first min(s, len) input positions start a phase that holds any input.
+        (0..s.min(len))
+            .map(|first| {
+                let ph = (first + pad) % s;
+                let rows = (len - first).div_ceil(s);
                 let i0 = (0..k.min(step)).find(|i| (i * d) % s == ph);
                 let taps: Vec<(usize, i64)> = match i0 {
                     Some(i0) => (i0..k)

@@ -279,7 +279,9 @@ impl GpuBuilder {
             dummy,
             checked,
             poison: self.poison_outputs.unwrap_or(checked),
-            poll_timeout: self.poll_timeout.unwrap_or(Duration::from_secs(60)),
+            poll_timeout: AtomicU64::new(nanos(
+                self.poll_timeout.unwrap_or(Duration::from_secs(60)),
+            )),
             max_binding,
             align,
             profiler: Mutex::new(None),
@@ -342,6 +344,11 @@ fn default_tile(info: &wgpu::AdapterInfo, limits: &wgpu::Limits) -> Tile {
         .chain(Tile::CANDIDATES)
         .find(fits)
         .unwrap_or(Tile::CANDIDATES[Tile::CANDIDATES.len() - 1])
+}
+
+/// A duration in nanoseconds, saturated to `u64` (585 years).
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 fn describe(info: &wgpu::AdapterInfo) -> String {
@@ -423,7 +430,8 @@ pub struct Gpu {
     dummy: wgpu::Buffer,
     checked: bool,
     poison: bool,
-    poll_timeout: Duration,
+    /// Nanoseconds; see [`Gpu::set_poll_timeout`].
+    poll_timeout: AtomicU64,
     /// Largest storage binding the ops make, in bytes.
     max_binding: u64,
     /// `min_storage_buffer_offset_alignment`.
@@ -552,6 +560,18 @@ impl Gpu {
     /// The implicit-GEMM tile in use.
     pub fn tile(&self) -> Tile {
         self.tile
+    }
+
+    /// How long a download or [`Gpu::synchronize`] waits for the GPU before returning
+    /// [`Error::Readback`].
+    pub fn poll_timeout(&self) -> Duration {
+        Duration::from_nanos(self.poll_timeout.load(Ordering::Relaxed))
+    }
+
+    /// Changes the poll timeout (set at creation by [`GpuBuilder::poll_timeout`]), e.g. for one
+    /// long readback; it applies to the waits that start afterwards.
+    pub fn set_poll_timeout(&self, timeout: Duration) {
+        self.poll_timeout.store(nanos(timeout), Ordering::Relaxed);
     }
 
     /// Whether checked mode is on.
@@ -809,8 +829,9 @@ impl Gpu {
     /// One wait may end early (GL caps it near 2 s), so it is repeated until the deadline.
     fn wait_for(&self, index: Option<wgpu::SubmissionIndex>) -> Result<()> {
         let start = std::time::Instant::now();
+        let timeout = self.poll_timeout();
         loop {
-            let left = self.poll_timeout.saturating_sub(start.elapsed());
+            let left = timeout.saturating_sub(start.elapsed());
             let asked = std::time::Instant::now();
             match self.poll(wgpu::PollType::Wait {
                 submission_index: index.clone(),
@@ -818,7 +839,7 @@ impl Gpu {
             }) {
                 Ok(_) => return Ok(()),
                 Err(wgpu::PollError::WrongSubmissionIndex(..)) => return Err(self.rejected()),
-                Err(wgpu::PollError::Timeout) if start.elapsed() < self.poll_timeout => {
+                Err(wgpu::PollError::Timeout) if start.elapsed() < timeout => {
                     // Not a busy loop where a backend returns early without waiting.
                     if asked.elapsed() < left / 2 {
                         std::thread::sleep(Duration::from_millis(1).min(left));
@@ -826,8 +847,7 @@ impl Gpu {
                 }
                 Err(e) => {
                     return Err(Error::Readback(format!(
-                        "waiting {:?} for the GPU to finish: {e}",
-                        self.poll_timeout
+                        "waiting {timeout:?} for the GPU to finish: {e}"
                     )));
                 }
             }
@@ -962,7 +982,7 @@ impl Gpu {
             // The callback runs on a later poll on some backends.
             Err(_) => {
                 let _ = self.poll(wgpu::PollType::Poll);
-                rx.recv_timeout(self.poll_timeout)
+                rx.recv_timeout(self.poll_timeout())
                     .map_err(|_| Error::Readback("buffer map did not complete".into()))?
             }
         };

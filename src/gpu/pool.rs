@@ -11,14 +11,18 @@ fn pool_params(g: &Pool2dGeometry, count_include_pad: bool) -> Result<PoolParams
     let s = &g.spec;
     to_u32(g.h + 2 * s.padding[0], "padded input height")?;
     to_u32(g.w + 2 * s.padding[1], "padded input width")?;
-    to_u32(
-        (s.kernel[0] - 1) * s.dilation[0] + 1,
-        "dilated kernel height",
-    )?;
-    to_u32(
-        (s.kernel[1] - 1) * s.dilation[1] + 1,
-        "dilated kernel width",
-    )?;
+    // The kernels compute window bounds in i32: the last window's far end, counted from the top
+    // of the padded input, must stay below 2^31.
+    for (a, out, what) in [
+        (0, g.oh, "pool window rows"),
+        (1, g.ow, "pool window columns"),
+    ] {
+        let span = (s.kernel[a] - 1)
+            .checked_mul(s.dilation[a])
+            .and_then(|v| v.checked_add((out - 1).checked_mul(s.stride[a])?))
+            .and_then(|v| v.checked_add(1));
+        to_u32(span.unwrap_or(usize::MAX), what)?;
+    }
     Ok(PoolParams {
         h: to_u32(g.h, "H")?,
         w: to_u32(g.w, "W")?,
