@@ -43,7 +43,7 @@ impl Tile {
         tn: 8,
     };
 
-    /// 64 x 64 tiles of 8 x 8 blocks: 64 invocations. The default on CPU drivers.
+    /// 64 x 64 tiles of 8 x 8 blocks: 64 invocations. dW's tile on CPU drivers.
     pub const MEDIUM: Tile = Tile {
         bm: 64,
         bn: 64,

@@ -239,7 +239,7 @@ impl GpuBuilder {
             limits.max_buffer_size,
         )));
         let auto_tile = tile.is_none();
-        let tile = tile.unwrap_or_else(|| default_tile(&info, &limits));
+        let tile = tile.unwrap_or_else(|| default_tile(&limits));
         let split_target =
             self.split_target
                 .unwrap_or(if info.device_type == wgpu::DeviceType::Cpu {
@@ -327,20 +327,14 @@ fn power_from_env() -> Result<Option<wgpu::PowerPreference>> {
     }
 }
 
-/// The tile for an adapter, shrunk to fit its limits: 128 x 64 on GPUs, 64 x 64 (64
-/// invocations) on CPU drivers, whose workgroups each run on one thread (measured on an H100
-/// and on lavapipe; docs/PERF.md).
-fn default_tile(info: &wgpu::AdapterInfo, limits: &wgpu::Limits) -> Tile {
+/// The tile for an adapter: 128 x 64, the fastest on an H100 and for the forward and dx on
+/// lavapipe (docs/PERF.md), shrunk to fit the adapter's limits.
+fn default_tile(limits: &wgpu::Limits) -> Tile {
     let fits = |t: &Tile| {
         t.invocations() <= limits.max_compute_invocations_per_workgroup
             && t.workgroup_bytes() <= limits.max_compute_workgroup_storage_size
     };
-    let preferred = if info.device_type == wgpu::DeviceType::Cpu {
-        Tile::MEDIUM
-    } else {
-        Tile::LARGE
-    };
-    std::iter::once(preferred)
+    std::iter::once(Tile::LARGE)
         .chain(Tile::CANDIDATES)
         .find(fits)
         .unwrap_or(Tile::CANDIDATES[Tile::CANDIDATES.len() - 1])
