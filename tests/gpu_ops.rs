@@ -358,12 +358,22 @@ fn empty_batch_gives_empty_results() {
     assert_eq!(gpu.download(&y).unwrap().shape(), &[0, 3, 2, 2]);
 }
 
-fn conv_case() -> impl Strategy<Value = ([usize; 4], [usize; 4], Conv2dSpec, bool)> {
+type ConvCase = ([usize; 4], [usize; 4], Conv2dSpec, bool);
+type Range = std::ops::RangeInclusive<usize>;
+
+/// Convolutions with every option drawn: `(n, groups, C/g, K/g)`, `(H, W, kh, kw)`,
+/// `(sh, sw, dh, dw)` and each padding from the given ranges, bias on or off.
+fn conv_strategy(
+    counts: (Range, Range, Range, Range),
+    sizes: (Range, Range, Range, Range),
+    steps: (Range, Range, Range, Range),
+    pad: Range,
+) -> impl Strategy<Value = ConvCase> {
     (
-        (1usize..=2, 1usize..=3, 1usize..=3, 1usize..=3),
-        (1usize..=10, 1usize..=10, 1usize..=4, 1usize..=4),
-        (1usize..=3, 1usize..=3, 1usize..=3, 1usize..=2),
-        (0usize..=3, 0usize..=3, 0usize..=3, 0usize..=3),
+        counts,
+        sizes,
+        steps,
+        (pad.clone(), pad.clone(), pad.clone(), pad),
         any::<bool>(),
     )
         .prop_map(
@@ -390,6 +400,16 @@ fn conv_case() -> impl Strategy<Value = ([usize; 4], [usize; 4], Conv2dSpec, boo
         .prop_filter("output must be non-empty", |(x, w, spec, _)| {
             spec.output_hw([x[2], x[3]], [w[2], w[3]]).is_ok()
         })
+}
+
+/// Small channel counts: the direct kernels.
+fn conv_case() -> impl Strategy<Value = ConvCase> {
+    conv_strategy(
+        (1..=2, 1..=3, 1..=3, 1..=3),
+        (1..=10, 1..=10, 1..=4, 1..=4),
+        (1..=3, 1..=3, 1..=3, 1..=2),
+        0..=3,
+    )
 }
 
 fn pool_case() -> impl Strategy<Value = ([usize; 4], Pool2dSpec)> {
@@ -716,38 +736,14 @@ fn repeated_calls_reuse_pooled_buffers() {
     assert_eq!(gpu.cached_pipelines(), 1);
 }
 
-fn tiled_case() -> impl Strategy<Value = ([usize; 4], [usize; 4], Conv2dSpec, bool)> {
-    (
-        (1usize..=2, 1usize..=2, 2usize..=9, 4usize..=20),
-        (1usize..=9, 1usize..=9, 1usize..=3, 1usize..=3),
-        (1usize..=3, 1usize..=3, 1usize..=2, 1usize..=2),
-        (0usize..=2, 0usize..=2, 0usize..=2, 0usize..=2),
-        any::<bool>(),
+/// Channel counts that select the implicit-GEMM kernels.
+fn tiled_case() -> impl Strategy<Value = ConvCase> {
+    conv_strategy(
+        (1..=2, 1..=2, 2..=9, 4..=20),
+        (1..=9, 1..=9, 1..=3, 1..=3),
+        (1..=3, 1..=3, 1..=2, 1..=2),
+        0..=2,
     )
-        .prop_map(
-            |((n, groups, cg, kg), (h, w, kh, kw), (sh, sw, dh, dw), (t, b, l, r), bias)| {
-                let spec = Conv2dSpec {
-                    stride: [sh, sw],
-                    padding: Padding2d {
-                        top: t,
-                        bottom: b,
-                        left: l,
-                        right: r,
-                    },
-                    dilation: [dh, dw],
-                    groups,
-                };
-                (
-                    [n, groups * cg, h, w],
-                    [groups * kg, cg, kh, kw],
-                    spec,
-                    bias,
-                )
-            },
-        )
-        .prop_filter("output must be non-empty", |(x, w, spec, _)| {
-            spec.output_hw([x[2], x[3]], [w[2], w[3]]).is_ok()
-        })
 }
 
 /// A `Gpu` per implicit-GEMM tile the library may pick, plus the direct algorithm.

@@ -15,7 +15,8 @@ fn f64_4(a: ArrayD<f32>) -> Result<Array4<f64>> {
         .map_err(|e| Error::ShapeMismatch(e.to_string()))
 }
 
-fn verdict(op: &str, got: &ArrayD<f32>, want: &ArrayD<f64>) -> Result<()> {
+/// Checked mode's comparison of one result with the reference (run in f64).
+pub(crate) fn verdict(op: &str, got: &ArrayD<f32>, want: &ArrayD<f64>) -> Result<()> {
     let c = compare(got.iter().map(|&v| f64::from(v)), want.iter().copied());
     if c.passes(GPU_TOLERANCE) {
         return Ok(());

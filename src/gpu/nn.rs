@@ -4,11 +4,11 @@
 
 use ndarray::{ArrayD, Ix1, Ix2};
 
+use super::check::verdict;
 use super::conv::to_u32;
 use super::kernels::{EltParams, Kernel, MatmulParams, RowsParams, SgdParams};
 use super::tensor::Raw;
 use super::{Bind, Dispatch, Gpu, IndexTensor, Tensor};
-use crate::compare::{GPU_TOLERANCE, compare};
 use crate::error::{Error, Result, mismatch};
 use crate::nn::SgdOptions;
 use crate::reference::nn as reference;
@@ -24,21 +24,6 @@ struct Gemm<'a> {
     k: usize,
     trans_a: bool,
     trans_b: bool,
-}
-
-/// Checked mode's comparison of one result with the reference (run in f64).
-fn verdict(op: &str, got: &ArrayD<f32>, want: &ArrayD<f64>) -> Result<()> {
-    let c = compare(got.iter().map(|&v| f64::from(v)), want.iter().copied());
-    if c.passes(GPU_TOLERANCE) {
-        return Ok(());
-    }
-    Err(Error::CheckFailed {
-        op: op.to_string(),
-        detail: format!(
-            "max |gpu - ref| = {:e} at flat {} exceeds {GPU_TOLERANCE:e} x scale {}",
-            c.max_abs_err, c.worst, c.scale
-        ),
-    })
 }
 
 fn dims<D: ndarray::Dimension>(a: ArrayD<f64>) -> Result<ndarray::Array<f64, D>> {
