@@ -136,17 +136,12 @@ impl Layer for Conv2d {
         Ok(())
     }
     fn parameters_mut(&mut self) -> Vec<Param<'_>> {
-        let mut v = vec![Param {
-            value: &mut self.weight,
-            grad: self.dw.as_ref(),
-        }];
-        if let Some(b) = self.bias.as_mut() {
-            v.push(Param {
-                value: b,
-                grad: self.db.as_ref(),
-            });
-        }
-        v
+        weight_and_bias(
+            &mut self.weight,
+            self.dw.as_ref(),
+            self.bias.as_mut(),
+            self.db.as_ref(),
+        )
     }
     fn parameters(&self) -> Vec<&Tensor> {
         std::iter::once(&self.weight)
@@ -261,17 +256,12 @@ impl Layer for Linear {
         Ok(())
     }
     fn parameters_mut(&mut self) -> Vec<Param<'_>> {
-        let mut v = vec![Param {
-            value: &mut self.weight,
-            grad: self.dw.as_ref(),
-        }];
-        if let Some(b) = self.bias.as_mut() {
-            v.push(Param {
-                value: b,
-                grad: self.db.as_ref(),
-            });
-        }
-        v
+        weight_and_bias(
+            &mut self.weight,
+            self.dw.as_ref(),
+            self.bias.as_mut(),
+            self.db.as_ref(),
+        )
     }
     fn parameters(&self) -> Vec<&Tensor> {
         std::iter::once(&self.weight)
@@ -414,4 +404,21 @@ impl Layer for Flatten {
     fn describe(&self) -> String {
         "Flatten".into()
     }
+}
+
+/// The parameters of a layer with a weight and an optional bias, with their gradients.
+fn weight_and_bias<'a>(
+    weight: &'a mut Tensor,
+    dw: Option<&'a Tensor>,
+    bias: Option<&'a mut Tensor>,
+    db: Option<&'a Tensor>,
+) -> Vec<Param<'a>> {
+    let mut v = vec![Param {
+        value: weight,
+        grad: dw,
+    }];
+    if let Some(b) = bias {
+        v.push(Param { value: b, grad: db });
+    }
+    v
 }
