@@ -1,19 +1,25 @@
 // The implicit-GEMM kernel behind the fast conv2d forward and dx. Per group g it computes
 //   OUT[m, col] = bias[col] + sum_r A[m, r] * B[r, col],   m = (n, u, v),
-//   A[m, r] = act[n, g*in_cg + ., base_h + u*a_step_h + tab[r].y, base_w + v*a_step_w + tab[r].z]
-//             (0 outside the activation), addressed as act_base(m) + tab[r].x,
-//   B[r, col] = w[g*w_group + col*w_col + tab[r].w],
+//   A[m, r] = act[n, g*in_cg + q, base_h + u*a_step_h + t*tap_dh, base_w + v*a_step_w + s*tap_dw]
+//             (0 outside the activation),
+//   B[r, col] = w[g*w_group + col*w_col + w_first + q*w_per_ch + t*w_per_row + s*w_per_col],
 // storing OUT[m, col] at out[n, g*out_cg + col, first_h + u*o_step_h, first_w + v*o_step_w].
-// The tap table tab[r] = (activation offset, row shift, column shift, weight offset) carries
-// the convolution; the host builds it:
-// - forward: act = x, r = (c, i, j): (c*H*W + i*dh*W + j*dw, i*dh, j*dw, c*kh*kw + i*kw + j),
-//   rows/cols = OH/OW, a_step = stride, base = -padding, col = k, w_col = C/g*kh*kw;
-// - dx, one dispatch per stride phase (ph, pw): act = dy, r = (k, t, s) over the kernel taps
-//   i = i_first + t*step_h that reach the phase's input rows (i*dh = ph mod sh), so the zeros
-//   of the stride dilation are never touched: (k*OH*OW - t*dlt_h*OW - s*dlt_w, -t*dlt_h,
-//   -s*dlt_w, k*C/g*kh*kw + i*kw + j), rows/cols = the phase's input rows/columns, a_step = 1,
-//   base = the output row of the phase's first tap, col = c, w_col = kh*kw (the rotated kernel
-//   with in/out channels swapped), o_step = stride, first = the phase's first input row.
+// The reduction index walks a lattice r = (q, t, s), s fastest, with tap_rows x tap_cols taps
+// per channel q: the activation element sits tap_dh * t rows and tap_dw * s columns from the
+// tap origin of channel q (act_base(m) + q * in_h * in_w), and the weight at
+// w_first + q * w_per_ch + t * w_per_row + s * w_per_col from w[g * w_group + col * w_col].
+// The host sets the lattice (no table: a division-free walk, the cheapest per element on CPU
+// drivers, where every memory access is a loop over the SIMD lanes):
+// - forward: act = x, (q, t, s) = (c, i, j): taps kh x kw, shifts dh, dw, weights
+//   (kh*kw, kw, 1, 0), rows/cols = OH/OW, a_step = stride, base = -padding, col = k,
+//   w_col = C/g*kh*kw;
+// - dx, one dispatch per stride phase (ph, pw): act = dy, (q, t, s) = (k, t, s) over the kernel
+//   taps i = i_first + t*step_h that reach the phase's input rows (i*dh = ph mod sh), so the
+//   zeros of the stride dilation are never touched: shifts -dlt_h, -dlt_w, weights
+//   (C/g*kh*kw, step_h*kw, step_w, i_first*kw + j_first), rows/cols = the phase's input
+//   rows/columns, a_step = 1, base = the output row of the phase's first tap, col = c,
+//   w_col = kh*kw (the rotated kernel with in/out channels swapped), o_step = stride,
+//   first = the phase's first input row.
 // When the tiles alone cannot fill the device, the reduction is split (split-K): workgroup
 // (tile, split) sums r in [split * split_len, ...) into out[split * out_len + .] of a partial
 // buffer, and reduce_partials.wgsl adds the splits in order (deterministic); the bias goes in
@@ -29,18 +35,19 @@ struct Params {
     a_step_h: u32, a_step_w: u32, base_h: i32, base_w: i32,
     out_c: u32, out_cg: u32, out_h: u32, out_w: u32,
     o_step_h: u32, o_step_w: u32, first_h: u32, first_w: u32,
-    reduce: u32, tab_off: u32, w_group: u32, w_col: u32,
-    act_off: u32, w_off: u32, out_off: u32, b_off: u32,
-    has_bias: u32, tiles_m: u32, tiles_n: u32, total: u32,
-    splits: u32, split_len: u32, out_len: u32, w_r_step: u32,
+    reduce: u32, w_group: u32, w_col: u32, act_off: u32,
+    w_off: u32, out_off: u32, b_off: u32, has_bias: u32,
+    tiles_m: u32, tiles_n: u32, total: u32, splits: u32,
+    split_len: u32, out_len: u32, tap_rows: u32, tap_cols: u32,
+    tap_dh: i32, tap_dw: i32, w_per_ch: u32, w_per_row: u32,
+    w_per_col: u32, w_first: u32, _pad0: u32, _pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> act: array<f32>;
 @group(0) @binding(2) var<storage, read> wt: array<f32>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
-@group(0) @binding(4) var<storage, read> taps: array<vec4<i32>>;
-@group(0) @binding(5) var<storage, read_write> out: array<f32>;
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;
 
 override BM: u32 = 64u;
 override BN: u32 = 64u;
@@ -51,61 +58,64 @@ override WG: u32 = (BM / TM) * (BN / TN);
 // A and B elements each invocation stages per step (at most 8 each; the host checks).
 override NA: u32 = BK * BM / WG;
 override NB: u32 = BK * BN / WG;
-// A 1x1 kernel without padding: the GEMM is plain (A[m, r] = act_base(m) + r * in_h * in_w,
-// always in bounds; B[r, col] = w_base + col * w_col + r * w_r_step), no table needed.
+// A 1x1 kernel without padding: the GEMM is plain (one tap per channel, always in bounds).
 override POINTWISE: bool = false;
 
-var<workgroup> a_tile: array<f32, BK * BM>;
-var<workgroup> b_tile: array<f32, BK * BN>;
+// The tiles hold vec4 rows so that the inner loop reads a whole vec4 per access.
+var<workgroup> a_tile: array<vec4<f32>, BK * BM / 4u>;
+var<workgroup> b_tile: array<vec4<f32>, BK * BN / 4u>;
 
-fn load4a(base: u32) -> vec4<f32> {
-    return vec4<f32>(a_tile[base], a_tile[base + 1u], a_tile[base + 2u], a_tile[base + 3u]);
+// A position on the reduction lattice: tap row t and column s, and the offset q * per_ch of
+// channel q.
+struct Walk { t: u32, s: u32, ch: u32 }
+
+fn walk_start(r: u32, per_ch: u32) -> Walk {
+    let taps = p.tap_rows * p.tap_cols;
+    return Walk((r % taps) / p.tap_cols, r % p.tap_cols, (r / taps) * per_ch);
 }
 
-fn load4b(base: u32) -> vec4<f32> {
-    return vec4<f32>(b_tile[base], b_tile[base + 1u], b_tile[base + 2u], b_tile[base + 3u]);
+// Moves the walk `by` indices on, without a division or a branch.
+fn walk_on(w: ptr<function, Walk>, by: u32, per_ch: u32) {
+    for (var k = 0u; k < by; k++) {
+        let wrap_s = (*w).s + 1u == p.tap_cols;
+        (*w).s = select((*w).s + 1u, 0u, wrap_s);
+        let t = (*w).t + u32(wrap_s);
+        let wrap_t = t == p.tap_rows;
+        (*w).t = select(t, 0u, wrap_t);
+        (*w).ch += select(0u, per_ch, wrap_t);
+    }
 }
 
-// This invocation's A elements of step r0: rows ml = tid % BM, reduction indices
-// tid / BM + i * (WG / BM).
-fn fetch_a(r0: u32, r_count: u32, tid: u32, m_ok: bool, row0: i32, col0a: i32,
+// This invocation's A elements of the step at r (rows ml = tid % BM, reduction indices
+// r + i * (WG / BM)); the walk wa follows r.
+fn fetch_a(r: u32, r_count: u32, wa: ptr<function, Walk>, m_ok: bool, row0: i32, col0a: i32,
            act_base: i32) -> array<f32, 8> {
     var v: array<f32, 8>;
     for (var i = 0u; i < NA; i++) {
-        let r = r0 + tid / BM + i * (WG / BM);
-        v[i] = 0.0;
-        if (POINTWISE) {
-            if (m_ok && r < r_count) {
-                v[i] = act[act_base + i32(r * p.in_h * p.in_w)];
-            }
-        } else if (m_ok && r < r_count) {
-            let t = taps[p.tab_off + r];
-            let row = row0 + t.y;
-            let col = col0a + t.z;
-            if (row >= 0 && row < i32(p.in_h) && col >= 0 && col < i32(p.in_w)) {
-                v[i] = act[act_base + t.x];
-            }
-        }
+        let dr = i32((*wa).t) * p.tap_dh;
+        let dc = i32((*wa).s) * p.tap_dw;
+        let row = row0 + dr;
+        let col = col0a + dc;
+        let ok = m_ok && r + i * (WG / BM) < r_count && (POINTWISE || (row >= 0
+                && row < i32(p.in_h) && col >= 0 && col < i32(p.in_w)));
+        let x = act[select(0, act_base + i32((*wa).ch) + dr * i32(p.in_w) + dc, ok)];
+        v[i] = select(0.0, x, ok);
+        walk_on(wa, WG / BM, p.in_h * p.in_w);
     }
     return v;
 }
 
-// This invocation's B elements of step r0: flat tile positions tid + i * WG (row-major
-// BK x BN), consecutive invocations on consecutive columns.
-fn fetch_b(r0: u32, r_count: u32, tid: u32, col0: u32, w_base: u32) -> array<f32, 8> {
+// This invocation's B elements of the step at r: flat tile positions tid + i * WG (row-major
+// BK x BN, WG a multiple of BN), so column cl = tid % BN and reduction indices
+// r + i * (WG / BN); the walk wb follows r.
+fn fetch_b(r: u32, r_count: u32, wb: ptr<function, Walk>, col_ok: bool, w_base: u32)
+           -> array<f32, 8> {
     var v: array<f32, 8>;
     for (var i = 0u; i < NB; i++) {
-        let e = tid + i * WG;
-        let r = r0 + e / BN;
-        let cl = e % BN;
-        v[i] = 0.0;
-        if (r < r_count && col0 + cl < p.out_cg) {
-            if (POINTWISE) {
-                v[i] = wt[w_base + cl * p.w_col + r * p.w_r_step];
-            } else {
-                v[i] = wt[i32(w_base + cl * p.w_col) + taps[p.tab_off + r].w];
-            }
-        }
+        let ok = col_ok && r + i * (WG / BN) < r_count;
+        let x = wt[select(0u, w_base + (*wb).ch + (*wb).t * p.w_per_row + (*wb).s * p.w_per_col, ok)];
+        v[i] = select(0.0, x, ok);
+        walk_on(wb, WG / BN, p.w_per_ch);
     }
     return v;
 }
@@ -140,7 +150,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let col0a = p.base_w + i32((mm % p.cols) * p.a_step_w);
     let act_base = i32(p.act_off + (an * p.in_c + g * p.in_cg) * p.in_h * p.in_w)
         + row0 * i32(p.in_w) + col0a;
-    let w_base = p.w_off + g * p.w_group + col0 * p.w_col;
+    // The B column this invocation loads is fixed too (WG is a multiple of BN).
+    let cl = tid % BN;
+    let col_ok = col0 + cl < p.out_cg;
+    let w_base = p.w_off + g * p.w_group + (col0 + cl) * p.w_col + p.w_first;
 
     let tx = tid % (BM / TM);
     let ty = tid / (BM / TM);
@@ -165,28 +178,34 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     }
     // Register double buffering: the global loads of step r0 + BK are issued before the
     // arithmetic of step r0, so their latency hides behind it.
-    var pa = fetch_a(r_begin, r_count, tid, m_ok, row0, col0a, act_base);
-    var pb = fetch_b(r_begin, r_count, tid, col0, w_base);
+    let ra = r_begin + tid / BM;
+    let rb = r_begin + tid / BN;
+    var wa = walk_start(ra, p.in_h * p.in_w);
+    var wb = walk_start(rb, p.w_per_ch);
+    var pa = fetch_a(ra, r_count, &wa, m_ok, row0, col0a, act_base);
+    var pb = fetch_b(rb, r_count, &wb, col_ok, w_base);
     for (var r0 = r_begin; r0 < r_count; r0 += BK) {
         for (var i = 0u; i < NA; i++) {
-            a_tile[(tid / BM + i * (WG / BM)) * BM + ml] = pa[i];
+            let e = (tid / BM + i * (WG / BM)) * BM + ml;
+            a_tile[e / 4u][e % 4u] = pa[i];
         }
         for (var i = 0u; i < NB; i++) {
-            b_tile[tid + i * WG] = pb[i];
+            let e = tid + i * WG;
+            b_tile[e / 4u][e % 4u] = pb[i];
         }
         workgroupBarrier();
         if (r0 + BK < r_count) {
-            pa = fetch_a(r0 + BK, r_count, tid, m_ok, row0, col0a, act_base);
-            pb = fetch_b(r0 + BK, r_count, tid, col0, w_base);
+            pa = fetch_a(ra + (r0 + BK - r_begin), r_count, &wa, m_ok, row0, col0a, act_base);
+            pb = fetch_b(rb + (r0 + BK - r_begin), r_count, &wb, col_ok, w_base);
         }
         for (var kk = 0u; kk < BK; kk++) {
-            let b0 = load4b(kk * BN + 4u * ty);
+            let b0 = b_tile[(kk * BN) / 4u + ty];
             var b1 = vec4<f32>(0.0);
             if (TN == 8u) {
-                b1 = load4b(kk * BN + BN / 2u + 4u * ty);
+                b1 = b_tile[(kk * BN + BN / 2u) / 4u + ty];
             }
             for (var half = 0u; half < TM / 4u; half++) {
-                let a = load4a(kk * BM + half * (BM / 2u) + 4u * tx);
+                let a = a_tile[(kk * BM + half * (BM / 2u)) / 4u + tx];
                 let i0 = 8u * half;
                 acc[i0] = fma(vec4<f32>(a.x), b0, acc[i0]);
                 acc[i0 + 2u] = fma(vec4<f32>(a.y), b0, acc[i0 + 2u]);

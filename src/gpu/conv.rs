@@ -1,6 +1,6 @@
 //! conv2d forward, dx, dW and db on the GPU.
 
-use super::kernels::{ConvParams, GemmParams, Kernel, ReduceParams, Tile};
+use super::kernels::{ConvParams, DEPTHWISE_STRIP, GemmParams, Kernel, ReduceParams, Tile};
 use super::tensor::{Raw, dims4};
 use super::{Algorithm, Bind, Dispatch, Gpu, IndexTensor, Tensor};
 use crate::error::{Error, Result, mismatch};
@@ -110,13 +110,22 @@ struct GemmJob {
     o_step: [usize; 2],
     first: [usize; 2],
     reduce: usize,
-    tab_off: usize,
     w_group: usize,
     w_col: usize,
-    /// A 1x1 kernel without padding: plain GEMM addressing, `B[r, col]` at
-    /// `col * w_col + r * w_r_step`.
+    lattice: Lattice,
+    /// A 1x1 kernel without padding: one tap per channel, always in bounds.
     pointwise: bool,
-    w_r_step: usize,
+}
+
+/// The reduction lattice `r = (q, t, s)` of a [`GemmJob`]: `taps` rows and columns of kernel
+/// taps per channel `q`, the activation shift per tap row and column, and the weight offset
+/// `first + q * w_steps[0] + t * w_steps[1] + s * w_steps[2]`.
+#[derive(Clone, Copy)]
+struct Lattice {
+    taps: [usize; 2],
+    shift: [i64; 2],
+    w_steps: [usize; 3],
+    w_first: usize,
 }
 
 impl GemmJob {
@@ -166,32 +175,35 @@ fn tiled_splits(count: usize, g: &Conv2dGeometry, tile: Tile, cpu: bool) -> (usi
 }
 
 /// One stride phase of dx: the input rows (and columns) `first + stride * u`, `u < rows`, and the
-/// kernel taps that reach them.
+/// lattice of kernel taps that reach them.
 struct Phase {
     first: [usize; 2],
     rows: [usize; 2],
     /// Output row (column) reached from `u = 0` by the phase's first tap.
     base: [i64; 2],
-    /// Reduction length `kg * taps_h * taps_w` and the phase's first entry in the table.
-    taps: usize,
-    tab_off: usize,
+    /// Reduction length `kg * taps_h * taps_w`.
+    reduce: usize,
+    lattice: Lattice,
 }
 
 fn gcd(a: usize, b: usize) -> usize {
     if b == 0 { a } else { gcd(b, a % b) }
 }
 
-/// The stride phases of dx and their concatenated tap tables. Per axis and phase `ph`: input
-/// positions with `(pos + pad) % stride == ph`, kernel taps `i` with `i * dil % stride == ph`
-/// (every `stride / gcd(stride, dil)`-th from the first), output index
-/// `(pos + pad - i * dil) / stride = base + u - t * delta`.
-fn dx_phases(g: &Conv2dGeometry) -> Result<(Vec<Phase>, Vec<[i32; 4]>)> {
+/// The stride phases of dx. Per axis and phase `ph`: input positions with
+/// `(pos + pad) % stride == ph`, kernel taps `i = i0 + t * step` with `i * dil % stride == ph`
+/// (`step = stride / gcd(stride, dil)`), output index
+/// `(pos + pad - i * dil) / stride = base + u - t * delta`, `delta = step * dil / stride`.
+fn dx_phases(g: &Conv2dGeometry) -> Vec<Phase> {
     struct Axis {
         first: usize,
         rows: usize,
         base: i64,
-        /// Kernel taps of the phase: (tap index, output shift).
-        taps: Vec<(usize, i64)>,
+        /// First tap, tap count, tap step and output shift per tap.
+        i0: usize,
+        taps: usize,
+        step: usize,
+        delta: i64,
     }
     let axis = |len: usize, pad: usize, k: usize, s: usize, d: usize| -> Vec<Axis> {
         let step = s / gcd(s, d);
@@ -201,67 +213,49 @@ fn dx_phases(g: &Conv2dGeometry) -> Result<(Vec<Phase>, Vec<[i32; 4]>)> {
             .map(|first| {
                 let ph = (first + pad) % s;
                 let rows = (len - first).div_ceil(s);
-                let i0 = (0..k.min(step)).find(|i| (i * d) % s == ph);
-                let taps: Vec<(usize, i64)> = match i0 {
-                    Some(i0) => (i0..k)
-                        .step_by(step)
-                        .enumerate()
-                        .map(|(t, i)| (i, -(t as i64) * delta))
-                        .collect(),
-                    None => vec![],
-                };
-                let base = match i0 {
-                    Some(i0) => (first as i64 + pad as i64 - (i0 * d) as i64) / s as i64,
-                    None => 0,
+                let (i0, taps, base) = match (0..k.min(step)).find(|i| (i * d) % s == ph) {
+                    Some(i0) => (
+                        i0,
+                        (k - i0).div_ceil(step),
+                        (first as i64 + pad as i64 - (i0 * d) as i64) / s as i64,
+                    ),
+                    None => (0, 0, 0),
                 };
                 Axis {
                     first,
                     rows,
                     base,
+                    i0,
                     taps,
+                    step,
+                    delta,
                 }
             })
             .collect()
     };
     let ah = axis(g.h, g.padding.top, g.kh, g.stride[0], g.dilation[0]);
     let aw = axis(g.w, g.padding.left, g.kw, g.stride[1], g.dilation[1]);
-    let (plane, khw) = (g.oh * g.ow, g.kh * g.kw);
     let mut phases = Vec::new();
-    let mut table = Vec::new();
     for h in &ah {
         for w in &aw {
             if h.rows == 0 || w.rows == 0 {
                 continue;
             }
-            let tab_off = table.len();
-            for k in 0..g.kg() {
-                for &(i, sh) in &h.taps {
-                    for &(j, sw) in &w.taps {
-                        let dy_off = (k * plane) as i64 + sh * g.ow as i64 + sw;
-                        let w_off = k * g.cg() * khw + i * g.kw + j;
-                        table.push([
-                            i32::try_from(dy_off).map_err(|_| overflow("dy tap offset"))?,
-                            sh as i32,
-                            sw as i32,
-                            to_u32(w_off, "weight tap offset")? as i32,
-                        ]);
-                    }
-                }
-            }
             phases.push(Phase {
                 first: [h.first, w.first],
                 rows: [h.rows, w.rows],
                 base: [h.base, w.base],
-                taps: table.len() - tab_off,
-                tab_off,
+                reduce: g.kg() * h.taps * w.taps,
+                lattice: Lattice {
+                    taps: [h.taps, w.taps],
+                    shift: [-h.delta, -w.delta],
+                    w_steps: [g.cg() * g.kh * g.kw, h.step * g.kw, w.step],
+                    w_first: h.i0 * g.kw + w.i0,
+                },
             });
         }
     }
-    if table.is_empty() {
-        // Bindings may not be empty; no phase reads this entry.
-        table.push([0; 4]);
-    }
-    Ok((phases, table))
+    phases
 }
 
 fn overflow(what: &str) -> Error {
@@ -301,19 +295,27 @@ impl Gpu {
         self.algorithm == Algorithm::Tiled && cols >= 2 && reduce >= 8
     }
 
-    /// The dispatch of one [`GemmJob`]; `binds` are activation, weight, bias, taps and output.
+    /// The dispatch of one [`GemmJob`]; `binds` are activation, weight, bias and output.
     /// `split` is `(splits, out_len)`: with more than one split, each writes its partial sums
     /// `out_len` elements after the previous one's.
     fn gemm_dispatch<'a>(
         &self,
         job: &GemmJob,
-        binds: [Bind<'a>; 5],
+        binds: [Bind<'a>; 4],
         act_off: u32,
         out_off: u32,
         has_bias: bool,
         split: (usize, usize),
     ) -> Result<Dispatch<'a>> {
         let tile = self.gemm_tile(job.out_cg);
+        let lat = job.lattice;
+        // The farthest tap's shift, which the kernel forms as t * tap_dh in i32.
+        for a in 0..2 {
+            let far = lat.shift[a].unsigned_abs() as u128 * lat.taps[a].saturating_sub(1) as u128;
+            if far > i32::MAX as u128 {
+                return Err(overflow("tap shift"));
+            }
+        }
         let (splits, out_len) = split;
         let total = job.tiles(tile) * splits;
         let split_len = job
@@ -344,7 +346,6 @@ impl Gpu {
             first_h: to_u32(job.first[0], "first row")?,
             first_w: to_u32(job.first[1], "first column")?,
             reduce: to_u32(job.reduce, "reduction length")?,
-            tab_off: to_u32(job.tab_off, "tap table offset")?,
             w_group: to_u32(job.w_group, "weights per group")?,
             w_col: to_u32(job.w_col, "weights per column")?,
             act_off,
@@ -361,7 +362,16 @@ impl Gpu {
             splits: to_u32(splits, "splits")?,
             split_len: to_u32(split_len, "split length")?,
             out_len: to_u32(out_len, "partial length")?,
-            w_r_step: to_u32(job.w_r_step, "weight step")?,
+            tap_rows: to_u32(lat.taps[0], "tap rows")?,
+            tap_cols: to_u32(lat.taps[1], "tap columns")?,
+            tap_dh: to_i32_bits(lat.shift[0], "tap row shift")?,
+            tap_dw: to_i32_bits(lat.shift[1], "tap column shift")?,
+            w_per_ch: to_u32(lat.w_steps[0], "weights per channel")?,
+            w_per_row: to_u32(lat.w_steps[1], "weights per tap row")?,
+            w_per_col: to_u32(lat.w_steps[2], "weights per tap column")?,
+            w_first: to_u32(lat.w_first, "first weight")?,
+            _pad0: 0,
+            _pad1: 0,
         };
         Ok(Dispatch {
             kernel: Kernel::Conv2dGemm(tile, job.pointwise),
@@ -379,7 +389,7 @@ impl Gpu {
         &self,
         ds: &mut Vec<Dispatch<'a>>,
         jobs: &[GemmJob],
-        inputs: [Bind<'a>; 4],
+        inputs: [Bind<'a>; 3],
         act_off: u32,
         out: (Bind<'a>, u32),
         elems: usize,
@@ -387,13 +397,13 @@ impl Gpu {
         partial: &'a Option<Raw>,
         splits: usize,
     ) -> Result<()> {
-        let [act, w, b, taps] = inputs;
+        let [act, w, b] = inputs;
         let (target, off, len) = match partial {
             Some(p) => (Bind::whole(p.buffer(), splits * elems), 0, elems),
             None => (out.0, out.1, 0),
         };
         for job in jobs {
-            let binds = [act, w, b, taps, target];
+            let binds = [act, w, b, target];
             ds.push(self.gemm_dispatch(job, binds, act_off, off, has_bias, (splits, len))?);
         }
         if partial.is_some() {
@@ -489,11 +499,7 @@ impl Gpu {
                 None => Bind::whole(&self.dummy, 0),
             };
             let tiled = self.use_tiled(g.kg(), g.cg() * g.kh * g.kw) && g.kg() >= 4;
-            let taps = if tiled {
-                Some(self.scratch(bytemuck::cast_slice(&forward_taps(&g)?)))
-            } else {
-                None
-            };
+            let depthwise = !tiled && self.algorithm == Algorithm::Tiled && g.cg() == 1;
             let r = g.cg() * g.kh * g.kw;
             let job = |n: usize| GemmJob {
                 n,
@@ -511,11 +517,15 @@ impl Gpu {
                 o_step: [1, 1],
                 first: [0, 0],
                 reduce: r,
-                tab_off: 0,
                 w_group: g.kg() * r,
                 w_col: r,
+                lattice: Lattice {
+                    taps: [g.kh, g.kw],
+                    shift: [g.dilation[0] as i64, g.dilation[1] as i64],
+                    w_steps: [g.kh * g.kw, g.kw, 1],
+                    w_first: 0,
+                },
                 pointwise: g.is_pointwise(),
-                w_r_step: 1,
             };
             let max_chunk = chunks.iter().map(|&(a, b)| b - a).max().unwrap_or(0);
             let splits = if tiled {
@@ -529,12 +539,11 @@ impl Gpu {
             for (n0, n1) in chunks {
                 let (xb, x_off) = self.window(x.raw.buffer(), n0 * xu, n1 * xu);
                 let (yb, out_off) = self.window(y.raw.buffer(), n0 * yu, n1 * yu);
-                if let Some(taps) = &taps {
-                    let tb = Bind::whole(taps.buffer(), 4 * r);
+                if tiled {
                     self.gemm_chunk(
                         &mut ds,
                         &[job(n1 - n0)],
-                        [xb, wb, bb, tb],
+                        [xb, wb, bb],
                         x_off,
                         (yb, out_off),
                         (n1 - n0) * yu,
@@ -544,7 +553,15 @@ impl Gpu {
                     )?;
                     continue;
                 }
-                let total = (n1 - n0) * yu;
+                // Depthwise layers (one input channel per group, too few output channels per
+                // group for the GEMM) run on their own kernel, a strip of outputs per
+                // invocation; the rest of what the GEMM does not take on the direct kernel.
+                let (kernel, total) = if depthwise {
+                    let strips = g.ow.div_ceil(DEPTHWISE_STRIP);
+                    (Kernel::Conv2dDepthwise, (n1 - n0) * g.k * g.oh * strips)
+                } else {
+                    (Kernel::Conv2dForward, (n1 - n0) * yu)
+                };
                 let params = ConvParams {
                     n: (n1 - n0) as u32,
                     has_bias: bias.is_some() as u32,
@@ -554,7 +571,7 @@ impl Gpu {
                     ..base
                 };
                 ds.push(Dispatch {
-                    kernel: Kernel::Conv2dForward,
+                    kernel,
                     params: bytemuck::bytes_of(&params).to_vec(),
                     bindings: vec![xb, wb, bb, yb],
                     items: total as u64,
@@ -590,13 +607,10 @@ impl Gpu {
             let chunks = batch_chunks(self, g.n, &[(xu, "dx sample"), (yu, "dy sample")])?;
             let wb = Bind::whole(w.raw.buffer(), w.len());
             let phases = if self.use_tiled(g.cg(), g.kg() * g.kh * g.kw) {
-                Some(dx_phases(&g)?)
+                Some(dx_phases(&g))
             } else {
                 None
             };
-            let table = phases
-                .as_ref()
-                .map(|(_, taps)| self.scratch(bytemuck::cast_slice(taps)));
             let khw = g.kh * g.kw;
             let job = |n: usize, ph: &Phase| GemmJob {
                 n,
@@ -613,21 +627,20 @@ impl Gpu {
                 out_hw: [g.h, g.w],
                 o_step: g.stride,
                 first: ph.first,
-                reduce: ph.taps,
-                tab_off: ph.tab_off,
+                reduce: ph.reduce,
                 w_group: g.kg() * g.cg() * khw,
                 w_col: khw,
+                lattice: ph.lattice,
                 pointwise: g.is_pointwise(),
-                w_r_step: g.cg(),
             };
             let max_chunk = chunks.iter().map(|&(a, b)| b - a).max().unwrap_or(0);
             // One split count for all phases of a chunk (one second pass sums them), sized by
             // the largest phase.
             let splits = match &phases {
-                Some((phases, _)) => {
+                Some(phases) => {
                     let (tiles, reduce) = phases
                         .iter()
-                        .map(|ph| (job(max_chunk, ph).tiles(self.gemm_tile(g.cg())), ph.taps))
+                        .map(|ph| (job(max_chunk, ph).tiles(self.gemm_tile(g.cg())), ph.reduce))
                         .max()
                         .unwrap_or((0, 0));
                     self.partial_splits(tiles, reduce, max_chunk * xu)
@@ -640,13 +653,12 @@ impl Gpu {
                 let (dyb, dy_off) = self.window(dy.raw.buffer(), n0 * yu, n1 * yu);
                 let (dxb, out_off) = self.window(dx.raw.buffer(), n0 * xu, n1 * xu);
                 let nc = n1 - n0;
-                if let (Some((phases, taps)), Some(table)) = (&phases, &table) {
-                    let tb = Bind::whole(table.buffer(), 4 * taps.len());
+                if let Some(phases) = &phases {
                     let jobs: Vec<GemmJob> = phases.iter().map(|ph| job(nc, ph)).collect();
                     self.gemm_chunk(
                         &mut ds,
                         &jobs,
-                        [dyb, wb, Bind::whole(&self.dummy, 0), tb],
+                        [dyb, wb, Bind::whole(&self.dummy, 0)],
                         dy_off,
                         (dxb, out_off),
                         nc * xu,

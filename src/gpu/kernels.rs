@@ -8,7 +8,7 @@ use bytemuck::{Pod, Zeroable};
 
 /// Tile shape of the implicit-GEMM conv kernels: a workgroup computes a `bm x bn` output tile,
 /// stepping `bk` reduction elements at a time; each invocation owns a `tm x tn` register block
-/// (at most 8 x 8), so a workgroup has `(bm / tm) * (bn / tn)` invocations.
+/// (4 or 8 each), so a workgroup has `(bm / tm) * (bn / tn)` invocations.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Tile {
     /// Tile rows (output pixels for forward and dx, output channels for dW).
@@ -117,16 +117,18 @@ impl Tile {
         4 * self.bk * (self.bm + self.bn)
     }
 
-    /// Whether the kernels accept this shape: register blocks of at most 8 x 8 dividing the
-    /// tile, and a workgroup of a whole multiple of `bm` invocations (each loads one A row).
+    /// Whether the kernels accept this shape: register blocks of 4 or 8 rows and columns
+    /// (whole vec4s) dividing the tile, and a workgroup of a whole multiple of `bm` and of `bn` invocations (each loads
+    /// one A row and one B column).
     pub fn is_valid(self) -> bool {
         let Tile { bm, bn, bk, tm, tn } = self;
-        (1..=8).contains(&tm)
-            && (1..=8).contains(&tn)
+        matches!(tm, 4 | 8)
+            && matches!(tn, 4 | 8)
             && bk >= 1
             && bm % tm == 0
             && bn % tn == 0
             && self.invocations().is_multiple_of(bm)
+            && self.invocations().is_multiple_of(bn)
             && self.invocations() >= bm
             // Each invocation stages whole, at most 8, elements of A and B per step.
             && (bk * bm) % self.invocations() == 0
@@ -136,11 +138,17 @@ impl Tile {
     }
 }
 
+/// Outputs per invocation of `conv2d_depthwise.wgsl` (its `const VW`).
+pub const DEPTHWISE_STRIP: usize = 8;
+
 /// Every compute kernel of the library.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Kernel {
     /// `shaders/conv2d_forward.wgsl`: one invocation per output (the first, direct kernel).
     Conv2dForward,
+    /// `shaders/conv2d_depthwise.wgsl`: forward of depthwise convolutions (one input channel per
+    /// group), a strip of [`DEPTHWISE_STRIP`] outputs per invocation.
+    Conv2dDepthwise,
     /// `shaders/conv2d_gemm.wgsl`: the implicit GEMM behind the fast forward and dx; `true`
     /// specialises it for 1x1 kernels without padding (a plain GEMM).
     Conv2dGemm(Tile, bool),
@@ -179,8 +187,9 @@ pub enum Kernel {
 
 impl Kernel {
     /// All kernels, for validation tests and warm-up.
-    pub const ALL: [Kernel; 19] = [
+    pub const ALL: [Kernel; 20] = [
         Kernel::Conv2dForward,
+        Kernel::Conv2dDepthwise,
         Kernel::Conv2dGemm(Tile::SMALL, false),
         Kernel::Conv2dGemm(Tile::SMALL, true),
         Kernel::Conv2dBackwardWeightTiled(Tile::SMALL, false),
@@ -215,6 +224,7 @@ impl Kernel {
     pub fn name(self) -> &'static str {
         match self {
             Kernel::Conv2dForward => "conv2d_forward",
+            Kernel::Conv2dDepthwise => "conv2d_depthwise",
             Kernel::Conv2dGemm(..) => "conv2d_gemm",
             Kernel::Conv2dBackwardInput => "conv2d_backward_input",
             Kernel::Conv2dBackwardWeightTiled(..) => "conv2d_backward_weight_tiled",
@@ -238,6 +248,7 @@ impl Kernel {
     pub fn source(self) -> &'static str {
         match self {
             Kernel::Conv2dForward => include_str!("../../shaders/conv2d_forward.wgsl"),
+            Kernel::Conv2dDepthwise => include_str!("../../shaders/conv2d_depthwise.wgsl"),
             Kernel::Conv2dGemm(..) => include_str!("../../shaders/conv2d_gemm.wgsl"),
             Kernel::Conv2dBackwardInput => include_str!("../../shaders/conv2d_backward_input.wgsl"),
             Kernel::Conv2dBackwardWeightTiled(..) => {
@@ -332,14 +343,15 @@ params_struct! {
 }
 
 params_struct! {
-    /// Parameters of `conv2d_gemm.wgsl` (see the shader for their meaning). `base_h` and
-    /// `base_w` hold i32 bits.
+    /// Parameters of `conv2d_gemm.wgsl` (see the shader for their meaning). `base_h`,
+    /// `base_w`, `tap_dh` and `tap_dw` hold i32 bits.
     GemmParams {
         n, rows, cols, groups, in_c, in_cg, in_h, in_w,
         a_step_h, a_step_w, base_h, base_w, out_c, out_cg, out_h, out_w,
-        o_step_h, o_step_w, first_h, first_w, reduce, tab_off, w_group, w_col,
-        act_off, w_off, out_off, b_off, has_bias, tiles_m, tiles_n, total,
-        splits, split_len, out_len, w_r_step,
+        o_step_h, o_step_w, first_h, first_w, reduce, w_group, w_col, act_off,
+        w_off, out_off, b_off, has_bias, tiles_m, tiles_n, total, splits,
+        split_len, out_len, tap_rows, tap_cols, tap_dh, tap_dw, w_per_ch, w_per_row,
+        w_per_col, w_first, _pad0, _pad1,
     }
 }
 
@@ -402,6 +414,7 @@ impl Kernel {
             Kernel::SgdStep => (SgdParams::FIELDS, std::mem::size_of::<SgdParams>()),
             Kernel::Conv2dGemm(..) => (GemmParams::FIELDS, std::mem::size_of::<GemmParams>()),
             Kernel::Conv2dForward
+            | Kernel::Conv2dDepthwise
             | Kernel::Conv2dBackwardWeightTiled(..)
             | Kernel::Conv2dBackwardInput
             | Kernel::Conv2dBackwardWeight

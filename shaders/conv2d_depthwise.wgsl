@@ -1,0 +1,80 @@
+// conv2d forward for depthwise convolutions (one input channel per group, C/g = 1, any channel
+// multiplier K/g): one invocation computes a strip of VW outputs y[n, k, oh, ow0 .. ow0 + VW)
+// of one row. It reads each weight of its channel once for the strip, instead of once per
+// output as the direct kernel does, and keeps the strip's sums in registers.
+// y = bias[k] + sum over (i, j) of x[n, k / (K/g), oh*sh - pt + i*dh, ow*sw - pl + j*dw] * w[k, 0, i, j]
+// in the order of the direct kernel (i, then j), so the sums are the direct kernel's.
+
+struct Params {
+    n: u32, c: u32, h: u32, w: u32,
+    k: u32, kh: u32, kw: u32, groups: u32,
+    oh: u32, ow: u32, cg: u32, kg: u32,
+    stride_h: u32, stride_w: u32, dil_h: u32, dil_w: u32,
+    pad_top: u32, pad_left: u32, has_bias: u32, accumulate: u32,
+    x_off: u32, w_off: u32, b_off: u32, dy_off: u32,
+    out_off: u32, total: u32, splits: u32, split_len: u32,
+    tiles_m: u32, tiles_n: u32, reduce: u32, _pad0: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> wt: array<f32>;
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(4) var<storage, read_write> y: array<f32>;
+
+override WG: u32 = 64u;
+// Outputs per invocation (the host's `DEPTHWISE_STRIP`).
+const VW: u32 = 8u;
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    // p.total counts strips: n * k * oh * ceil(ow / VW).
+    let idx = (wid.x + wid.y * nwg.x) * WG + lid;
+    if (idx >= p.total) {
+        return;
+    }
+    let strips = (p.ow + VW - 1u) / VW;
+    let ow0 = (idx % strips) * VW;
+    var t = idx / strips;
+    let oh = t % p.oh;
+    t = t / p.oh;
+    let k = t % p.k;
+    let n = t / p.k;
+    let x_plane = p.x_off + (n * p.c + k / p.kg) * p.h * p.w;
+    let w_base = p.w_off + k * p.kh * p.kw;
+
+    var b = 0.0;
+    if (p.has_bias != 0u) {
+        b = bias[p.b_off + k];
+    }
+    var acc: array<f32, VW>;
+    for (var v = 0u; v < VW; v++) {
+        acc[v] = b;
+    }
+    let ih0 = i32(oh * p.stride_h) - i32(p.pad_top);
+    let iw0 = i32(ow0 * p.stride_w) - i32(p.pad_left);
+    // Taps in the padding multiply a zero, as in the direct kernel (a NaN or Inf weight
+    // poisons every output of its channel).
+    for (var i = 0u; i < p.kh; i++) {
+        let ih = ih0 + i32(i * p.dil_h);
+        let row_in = ih >= 0 && ih < i32(p.h);
+        let row = x_plane + u32(max(ih, 0)) * p.w;
+        for (var j = 0u; j < p.kw; j++) {
+            let wv = wt[w_base + i * p.kw + j];
+            let iwj = iw0 + i32(j * p.dil_w);
+            for (var v = 0u; v < VW; v++) {
+                let iw = iwj + i32(v * p.stride_w);
+                let ok = row_in && iw >= 0 && iw < i32(p.w);
+                let xv = x[select(x_plane, row + u32(max(iw, 0)), ok)];
+                acc[v] += select(0.0, xv, ok) * wv;
+            }
+        }
+    }
+    let out = p.out_off + ((n * p.k + k) * p.oh + oh) * p.ow;
+    for (var v = 0u; v < VW; v++) {
+        if (ow0 + v < p.ow) {
+            y[out + ow0 + v] = acc[v];
+        }
+    }
+}
