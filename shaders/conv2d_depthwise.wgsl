@@ -1,9 +1,10 @@
 // conv2d forward for depthwise convolutions (one input channel per group, C/g = 1, any channel
-// multiplier K/g): one invocation computes a strip of VW outputs y[n, k, oh, ow0 .. ow0 + VW)
-// of one row. It reads each weight of its channel once for the strip, instead of once per
-// output as the direct kernel does, and keeps the strip's sums in registers.
+// multiplier K/g): one invocation computes a column strip of VW outputs
+// y[n, k, oh0 .. oh0 + VW, ow] (consecutive invocations on consecutive columns, so the loads of
+// a SIMD group are contiguous). It reads each weight of its channel once for the strip instead
+// of once per output, and keeps the strip's sums in registers.
 // y = bias[k] + sum over (i, j) of x[n, k / (K/g), oh*sh - pt + i*dh, ow*sw - pl + j*dw] * w[k, 0, i, j]
-// in the order of the direct kernel (i, then j), so the sums are the direct kernel's.
+// summed in the direct kernel's order (i, then j).
 
 struct Params {
     n: u32, c: u32, h: u32, w: u32,
@@ -29,16 +30,16 @@ const VW: u32 = 8u;
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
-    // p.total counts strips: n * k * oh * ceil(ow / VW).
+    // p.total counts strips: n * k * ceil(oh / VW) * ow.
     let idx = (wid.x + wid.y * nwg.x) * WG + lid;
     if (idx >= p.total) {
         return;
     }
-    let strips = (p.ow + VW - 1u) / VW;
-    let ow0 = (idx % strips) * VW;
-    var t = idx / strips;
-    let oh = t % p.oh;
-    t = t / p.oh;
+    let strips = (p.oh + VW - 1u) / VW;
+    let ow = idx % p.ow;
+    var t = idx / p.ow;
+    let oh0 = (t % strips) * VW;
+    t = t / strips;
     let k = t % p.k;
     let n = t / p.k;
     let x_plane = p.x_off + (n * p.c + k / p.kg) * p.h * p.w;
@@ -52,29 +53,28 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     for (var v = 0u; v < VW; v++) {
         acc[v] = b;
     }
-    let ih0 = i32(oh * p.stride_h) - i32(p.pad_top);
-    let iw0 = i32(ow0 * p.stride_w) - i32(p.pad_left);
+    let ih0 = i32(oh0 * p.stride_h) - i32(p.pad_top);
+    let iw0 = i32(ow * p.stride_w) - i32(p.pad_left);
     // Taps in the padding multiply a zero, as in the direct kernel (a NaN or Inf weight
     // poisons every output of its channel).
     for (var i = 0u; i < p.kh; i++) {
-        let ih = ih0 + i32(i * p.dil_h);
-        let row_in = ih >= 0 && ih < i32(p.h);
-        let row = x_plane + u32(max(ih, 0)) * p.w;
+        let ihi = ih0 + i32(i * p.dil_h);
         for (var j = 0u; j < p.kw; j++) {
             let wv = wt[w_base + i * p.kw + j];
-            let iwj = iw0 + i32(j * p.dil_w);
+            let iw = iw0 + i32(j * p.dil_w);
+            let col_in = iw >= 0 && iw < i32(p.w);
             for (var v = 0u; v < VW; v++) {
-                let iw = iwj + i32(v * p.stride_w);
-                let ok = row_in && iw >= 0 && iw < i32(p.w);
-                let xv = x[select(x_plane, row + u32(max(iw, 0)), ok)];
+                let ih = ihi + i32(v * p.stride_h);
+                let ok = col_in && ih >= 0 && ih < i32(p.h);
+                let xv = x[select(x_plane, x_plane + u32(max(ih, 0)) * p.w + u32(max(iw, 0)), ok)];
                 acc[v] += select(0.0, xv, ok) * wv;
             }
         }
     }
-    let out = p.out_off + ((n * p.k + k) * p.oh + oh) * p.ow;
+    let out = p.out_off + (n * p.k + k) * p.oh * p.ow + ow;
     for (var v = 0u; v < VW; v++) {
-        if (ow0 + v < p.ow) {
-            y[out + ow0 + v] = acc[v];
+        if (oh0 + v < p.oh) {
+            y[out + (oh0 + v) * p.ow] = acc[v];
         }
     }
 }

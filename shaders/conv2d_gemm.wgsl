@@ -87,19 +87,27 @@ fn walk_on(w: ptr<function, Walk>, by: u32, per_ch: u32) {
 }
 
 // This invocation's A elements of the step at r (rows ml = tid % BM, reduction indices
-// r + i * (WG / BM)); the walk wa follows r.
+// r + i * (WG / BM)); the walk wa follows r. A POINTWISE GEMM addresses channel r directly.
 fn fetch_a(r: u32, r_count: u32, wa: ptr<function, Walk>, m_ok: bool, row0: i32, col0a: i32,
            act_base: i32) -> array<f32, 8> {
     var v: array<f32, 8>;
     for (var i = 0u; i < NA; i++) {
+        let ri = r + i * (WG / BM);
+        v[i] = 0.0;
+        if (POINTWISE) {
+            if (m_ok && ri < r_count) {
+                v[i] = act[act_base + i32(ri * p.in_h * p.in_w)];
+            }
+            continue;
+        }
         let dr = i32((*wa).t) * p.tap_dh;
         let dc = i32((*wa).s) * p.tap_dw;
         let row = row0 + dr;
         let col = col0a + dc;
-        let ok = m_ok && r + i * (WG / BM) < r_count && (POINTWISE || (row >= 0
-                && row < i32(p.in_h) && col >= 0 && col < i32(p.in_w)));
-        let x = act[select(0, act_base + i32((*wa).ch) + dr * i32(p.in_w) + dc, ok)];
-        v[i] = select(0.0, x, ok);
+        if (m_ok && ri < r_count && row >= 0 && row < i32(p.in_h) && col >= 0
+                && col < i32(p.in_w)) {
+            v[i] = act[act_base + i32((*wa).ch) + dr * i32(p.in_w) + dc];
+        }
         walk_on(wa, WG / BM, p.in_h * p.in_w);
     }
     return v;
@@ -107,14 +115,22 @@ fn fetch_a(r: u32, r_count: u32, wa: ptr<function, Walk>, m_ok: bool, row0: i32,
 
 // This invocation's B elements of the step at r: flat tile positions tid + i * WG (row-major
 // BK x BN, WG a multiple of BN), so column cl = tid % BN and reduction indices
-// r + i * (WG / BN); the walk wb follows r.
+// r + i * (WG / BN); the walk wb follows r (or, POINTWISE, channel r directly).
 fn fetch_b(r: u32, r_count: u32, wb: ptr<function, Walk>, col_ok: bool, w_base: u32)
            -> array<f32, 8> {
     var v: array<f32, 8>;
     for (var i = 0u; i < NB; i++) {
-        let ok = col_ok && r + i * (WG / BN) < r_count;
-        let x = wt[select(0u, w_base + (*wb).ch + (*wb).t * p.w_per_row + (*wb).s * p.w_per_col, ok)];
-        v[i] = select(0.0, x, ok);
+        let ri = r + i * (WG / BN);
+        v[i] = 0.0;
+        if (POINTWISE) {
+            if (col_ok && ri < r_count) {
+                v[i] = wt[w_base + ri * p.w_per_ch];
+            }
+            continue;
+        }
+        if (col_ok && ri < r_count) {
+            v[i] = wt[w_base + (*wb).ch + (*wb).t * p.w_per_row + (*wb).s * p.w_per_col];
+        }
         walk_on(wb, WG / BN, p.w_per_ch);
     }
     return v;

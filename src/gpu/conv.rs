@@ -557,8 +557,8 @@ impl Gpu {
                 // group for the GEMM) run on their own kernel, a strip of outputs per
                 // invocation; the rest of what the GEMM does not take on the direct kernel.
                 let (kernel, total) = if depthwise {
-                    let strips = g.ow.div_ceil(DEPTHWISE_STRIP);
-                    (Kernel::Conv2dDepthwise, (n1 - n0) * g.k * g.oh * strips)
+                    let strips = g.oh.div_ceil(DEPTHWISE_STRIP);
+                    (Kernel::Conv2dDepthwise, (n1 - n0) * g.k * strips * g.ow)
                 } else {
                     (Kernel::Conv2dForward, (n1 - n0) * yu)
                 };
