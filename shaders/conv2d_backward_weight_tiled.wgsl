@@ -4,7 +4,8 @@
 // The reduction over m is cut into `splits` ranges of `split_len`; workgroup (tile, split) writes
 // its partial tile to partial[split][g*kg + k][r], and reduce_partials.wgsl adds the splits in
 // order: deterministic, no atomics. Each invocation loads the A (dy) and B (x) elements of one m
-// per step, decomposing it once; the taps table gives r -> (x offset, row shift, column shift).
+// per step, decomposing it once; the taps table gives r -> (x offset, row shift, column shift),
+// read once per invocation for the columns it stages (they are the same every step).
 
 struct Params {
     n: u32, c: u32, h: u32, w: u32,
@@ -32,16 +33,9 @@ override WG: u32 = (BM / TM) * (BN / TN);
 // A 1x1 kernel without padding: tap r = c reads x at x_base + c * H * W, always in bounds.
 override POINTWISE: bool = false;
 
-var<workgroup> a_tile: array<f32, BK * BM>;
-var<workgroup> b_tile: array<f32, BK * BN>;
-
-fn load4(base: u32) -> vec4<f32> {
-    return vec4<f32>(a_tile[base], a_tile[base + 1u], a_tile[base + 2u], a_tile[base + 3u]);
-}
-
-fn load4b(base: u32) -> vec4<f32> {
-    return vec4<f32>(b_tile[base], b_tile[base + 1u], b_tile[base + 2u], b_tile[base + 3u]);
-}
+// The tiles hold vec4 rows so that the inner loop reads a whole vec4 per access.
+var<workgroup> a_tile: array<vec4<f32>, BK * BM / 4u>;
+var<workgroup> b_tile: array<vec4<f32>, BK * BN / 4u>;
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -71,6 +65,16 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let lanes = WG / BK;
     let tx = tid % (BM / TM);
     let ty = tid / (BM / TM);
+    // The taps of the columns r0t + lane + j * lanes this invocation stages (at most 8: the
+    // host checks BK * BN / WG <= 8).
+    var tap: array<vec4<i32>, 8>;
+    for (var j = 0u; j < BN / lanes; j++) {
+        let r = r0t + lane + j * lanes;
+        tap[j] = vec4<i32>(0);
+        if (!POINTWISE && r < r_count) {
+            tap[j] = taps[r];
+        }
+    }
     var acc: array<vec4<f32>, 16>;
     for (var i = 0u; i < 16u; i++) {
         acc[i] = vec4<f32>(0.0);
@@ -88,14 +92,17 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         let iw0 = i32(ow * p.stride_w) - i32(p.pad_left);
         let x_base = i32(p.x_off + (n * p.c + g * p.cg) * in_plane) + ih0 * i32(p.w) + iw0;
         let dy_base = p.dy_off + (n * p.k + g * p.kg) * plane + pix;
-        for (var kl = lane; kl < BM; kl += lanes) {
+        for (var j = 0u; j < BM / lanes; j++) {
+            let kl = lane + j * lanes;
             var v = 0.0;
             if (m_ok && k0 + kl < p.kg) {
                 v = dy[dy_base + (k0 + kl) * plane];
             }
-            a_tile[ml * BM + kl] = v;
+            let e = ml * BM + kl;
+            a_tile[e / 4u][e % 4u] = v;
         }
-        for (var rl = lane; rl < BN; rl += lanes) {
+        for (var j = 0u; j < BN / lanes; j++) {
+            let rl = lane + j * lanes;
             let r = r0t + rl;
             var v = 0.0;
             if (POINTWISE) {
@@ -103,24 +110,25 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
                     v = x[x_base + i32(r * in_plane)];
                 }
             } else if (m_ok && r < r_count) {
-                let t = taps[r];
+                let t = tap[j];
                 let ih = ih0 + t.y;
                 let iw = iw0 + t.z;
                 if (ih >= 0 && ih < i32(p.h) && iw >= 0 && iw < i32(p.w)) {
                     v = x[x_base + t.x];
                 }
             }
-            b_tile[ml * BN + rl] = v;
+            let e = ml * BN + rl;
+            b_tile[e / 4u][e % 4u] = v;
         }
         workgroupBarrier();
         for (var kk = 0u; kk < BK; kk++) {
-            let b0 = load4b(kk * BN + 4u * ty);
+            let b0 = b_tile[(kk * BN) / 4u + ty];
             var b1 = vec4<f32>(0.0);
             if (TN == 8u) {
-                b1 = load4b(kk * BN + BN / 2u + 4u * ty);
+                b1 = b_tile[(kk * BN + BN / 2u) / 4u + ty];
             }
             for (var half = 0u; half < TM / 4u; half++) {
-                let a = load4(kk * BM + half * (BM / 2u) + 4u * tx);
+                let a = a_tile[(kk * BM + half * (BM / 2u)) / 4u + tx];
                 let i0 = 8u * half;
                 acc[i0] = fma(vec4<f32>(a.x), b0, acc[i0]);
                 acc[i0 + 2u] = fma(vec4<f32>(a.y), b0, acc[i0 + 2u]);

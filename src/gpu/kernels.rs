@@ -130,7 +130,9 @@ impl Tile {
             && self.invocations().is_multiple_of(bm)
             && self.invocations().is_multiple_of(bn)
             && self.invocations() >= bm
-            // Each invocation stages whole, at most 8, elements of A and B per step.
+            // Each invocation stages whole, at most 8, elements of A and B per step (dW: of
+            // one reduction index, so the workgroup is a multiple of bk).
+            && self.invocations().is_multiple_of(bk)
             && (bk * bm) % self.invocations() == 0
             && (bk * bn) % self.invocations() == 0
             && bk * bm / self.invocations() <= 8
