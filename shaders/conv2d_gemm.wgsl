@@ -55,7 +55,11 @@ override BK: u32 = 8u;
 override TM: u32 = 4u;
 override TN: u32 = 4u;
 override WG: u32 = (BM / TM) * (BN / TN);
-// A and B elements each invocation stages per step (at most 8 each; the host checks).
+// A rows each invocation stages (2 when the workgroup has half as many invocations as the tile
+// has rows, else 1) and the step between its reduction indices.
+override RA: u32 = (BM + WG - 1u) / WG;
+override SA: u32 = (WG + BM - 1u) / BM;
+// A and B elements each invocation stages per step (at most 16 and 8; the host checks).
 override NA: u32 = BK * BM / WG;
 override NB: u32 = BK * BN / WG;
 // A 1x1 kernel without padding: the GEMM is plain (one tap per channel, always in bounds).
@@ -86,29 +90,37 @@ fn walk_on(w: ptr<function, Walk>, by: u32, per_ch: u32) {
     }
 }
 
-// This invocation's A elements of the step at r (rows ml = tid % BM, reduction indices
-// r + i * (WG / BM)); the walk wa follows r. A POINTWISE GEMM addresses channel r directly.
-fn fetch_a(r: u32, r_count: u32, wa: ptr<function, Walk>, m_ok: bool, row0: i32, col0a: i32,
-           act_base: i32) -> array<f32, 8> {
-    var v: array<f32, 8>;
-    for (var i = 0u; i < NA; i++) {
-        let ri = r + i * (WG / BM);
-        v[i] = 0.0;
-        if (POINTWISE) {
-            if (m_ok && ri < r_count) {
-                v[i] = act[act_base + i32(ri * p.in_h * p.in_w)];
-            }
-            continue;
-        }
+// An A row this invocation stages: whether it exists, the activation row and column of its
+// tap origin, and the origin's offset.
+struct ARow { ok: bool, row0: i32, col0: i32, base: i32 }
+
+// This invocation's A elements of the step at r: element i * RA + j of row j (ml = tid % BM
+// + j * WG) and reduction index r + i * SA; the walk wa follows r. A POINTWISE GEMM addresses
+// channel r directly.
+fn fetch_a(r: u32, r_count: u32, wa: ptr<function, Walk>, rows: ptr<function, array<ARow, 2>>)
+           -> array<f32, 16> {
+    var v: array<f32, 16>;
+    for (var i = 0u; i < NA / RA; i++) {
+        let ri = r + i * SA;
         let dr = i32((*wa).t) * p.tap_dh;
         let dc = i32((*wa).s) * p.tap_dw;
-        let row = row0 + dr;
-        let col = col0a + dc;
-        if (m_ok && ri < r_count && row >= 0 && row < i32(p.in_h) && col >= 0
-                && col < i32(p.in_w)) {
-            v[i] = act[act_base + i32((*wa).ch) + dr * i32(p.in_w) + dc];
+        for (var j = 0u; j < RA; j++) {
+            let a = (*rows)[j];
+            let row = a.row0 + dr;
+            let col = a.col0 + dc;
+            v[i * RA + j] = 0.0;
+            if (POINTWISE) {
+                if (a.ok && ri < r_count) {
+                    v[i * RA + j] = act[a.base + i32(ri * p.in_h * p.in_w)];
+                }
+            } else if (a.ok && ri < r_count && row >= 0 && row < i32(p.in_h) && col >= 0
+                    && col < i32(p.in_w)) {
+                v[i * RA + j] = act[a.base + i32((*wa).ch) + dr * i32(p.in_w) + dc];
+            }
         }
-        walk_on(wa, WG / BM, p.in_h * p.in_w);
+        if (!POINTWISE) {
+            walk_on(wa, SA, p.in_h * p.in_w);
+        }
     }
     return v;
 }
@@ -156,16 +168,18 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let r_begin = split * p.split_len;
     let r_count = min(r_begin + p.split_len, p.reduce);
 
-    // The A row this invocation loads is fixed for the whole tile (WG is a multiple of BM).
-    let ml = tid % BM;
-    let m = m0 + ml;
-    let m_ok = m < m_count;
-    let mm = min(m, m_count - 1u);
-    let an = mm / plane;
-    let row0 = p.base_h + i32(((mm % plane) / p.cols) * p.a_step_h);
-    let col0a = p.base_w + i32((mm % p.cols) * p.a_step_w);
-    let act_base = i32(p.act_off + (an * p.in_c + g * p.in_cg) * p.in_h * p.in_w)
-        + row0 * i32(p.in_w) + col0a;
+    // The A rows this invocation loads are fixed for the whole tile.
+    var arows: array<ARow, 2>;
+    for (var j = 0u; j < RA; j++) {
+        let m = m0 + tid % BM + j * WG;
+        let mm = min(m, m_count - 1u);
+        let an = mm / plane;
+        let row0 = p.base_h + i32(((mm % plane) / p.cols) * p.a_step_h);
+        let col0a = p.base_w + i32((mm % p.cols) * p.a_step_w);
+        let base = i32(p.act_off + (an * p.in_c + g * p.in_cg) * p.in_h * p.in_w)
+            + row0 * i32(p.in_w) + col0a;
+        arows[j] = ARow(m < m_count, row0, col0a, base);
+    }
     // The B column this invocation loads is fixed too (WG is a multiple of BN).
     let cl = tid % BN;
     let col_ok = col0 + cl < p.out_cg;
@@ -198,12 +212,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let rb = r_begin + tid / BN;
     var wa = walk_start(ra, p.in_h * p.in_w);
     var wb = walk_start(rb, p.w_per_ch);
-    var pa = fetch_a(ra, r_count, &wa, m_ok, row0, col0a, act_base);
+    var pa = fetch_a(ra, r_count, &wa, &arows);
     var pb = fetch_b(rb, r_count, &wb, col_ok, w_base);
     for (var r0 = r_begin; r0 < r_count; r0 += BK) {
-        for (var i = 0u; i < NA; i++) {
-            let e = (tid / BM + i * (WG / BM)) * BM + ml;
-            a_tile[e / 4u][e % 4u] = pa[i];
+        for (var i = 0u; i < NA / RA; i++) {
+            for (var j = 0u; j < RA; j++) {
+                let e = (tid / BM + i * SA) * BM + tid % BM + j * WG;
+                a_tile[e / 4u][e % 4u] = pa[i * RA + j];
+            }
         }
         for (var i = 0u; i < NB; i++) {
             let e = tid + i * WG;
@@ -211,7 +227,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         }
         workgroupBarrier();
         if (r0 + BK < r_count) {
-            pa = fetch_a(ra + (r0 + BK - r_begin), r_count, &wa, m_ok, row0, col0a, act_base);
+            pa = fetch_a(ra + (r0 + BK - r_begin), r_count, &wa, &arows);
             pb = fetch_b(rb + (r0 + BK - r_begin), r_count, &wb, col_ok, w_base);
         }
         for (var kk = 0u; kk < BK; kk++) {

@@ -61,11 +61,23 @@ impl Tile {
         tn: 4,
     };
 
+    /// 128 x 32 tiles of 8 x 8 blocks: 64 invocations, each staging two A rows. The narrow
+    /// tile on CPU drivers, where the inner loop's workgroup loads per multiply-add decide the
+    /// speed (see docs/PERF.md).
+    pub const NARROW_CPU: Tile = Tile {
+        bm: 128,
+        bn: 32,
+        bk: 8,
+        tm: 8,
+        tn: 8,
+    };
+
     /// Every tile the library may choose (tests translate each).
-    pub const CANDIDATES: [Tile; 6] = [
+    pub const CANDIDATES: [Tile; 7] = [
         Tile::SMALL,
         Tile::LARGE,
         Tile::NARROW,
+        Tile::NARROW_CPU,
         Tile {
             bm: 64,
             bn: 128,
@@ -118,8 +130,9 @@ impl Tile {
     }
 
     /// Whether the kernels accept this shape: register blocks of 4 or 8 rows and columns
-    /// (whole vec4s) dividing the tile, and a workgroup of a whole multiple of `bm` and of `bn` invocations (each loads
-    /// one A row and one B column).
+    /// (whole vec4s) dividing the tile, and a workgroup of a whole multiple of `bn`
+    /// invocations (each loads one B column) and of `bm` or half of `bm` (each loads one or
+    /// two A rows).
     pub fn is_valid(self) -> bool {
         let Tile { bm, bn, bk, tm, tn } = self;
         matches!(tm, 4 | 8)
@@ -127,15 +140,15 @@ impl Tile {
             && bk >= 1
             && bm % tm == 0
             && bn % tn == 0
-            && self.invocations().is_multiple_of(bm)
+            && (self.invocations().is_multiple_of(bm) || bm == 2 * self.invocations())
             && self.invocations().is_multiple_of(bn)
-            && self.invocations() >= bm
-            // Each invocation stages whole, at most 8, elements of A and B per step (dW: of
-            // one reduction index, so the workgroup is a multiple of bk).
+            // Each invocation stages whole numbers of elements of A (at most 16) and B (at
+            // most 8) per step (dW: of one reduction index, so the workgroup is a multiple of
+            // bk).
             && self.invocations().is_multiple_of(bk)
             && (bk * bm) % self.invocations() == 0
             && (bk * bn) % self.invocations() == 0
-            && bk * bm / self.invocations() <= 8
+            && bk * bm / self.invocations() <= 16
             && bk * bn / self.invocations() <= 8
     }
 }
