@@ -226,6 +226,21 @@ fn named_edge_cases() {
                 .with_padding(Padding2d::same([3, 3], [2, 2])),
         ),
         (
+            // Strips of 8 rows with a remainder, stride phases that start below zero.
+            "depthwise x2 multiplier, stride 3x2, asymmetric padding, 21 rows",
+            [2, 3, 21, 10],
+            [6, 1, 5, 3],
+            Conv2dSpec::new()
+                .with_groups(3)
+                .with_stride([3, 2])
+                .with_padding(Padding2d {
+                    top: 4,
+                    bottom: 1,
+                    left: 0,
+                    right: 2,
+                }),
+        ),
+        (
             "kernel 5x7 larger than 3x4 input",
             [2, 3, 3, 4],
             [2, 3, 5, 7],

@@ -154,18 +154,23 @@ fn params_layout_is_pinned() {
     }
 }
 
-/// The depthwise kernel's strip (`const VW`) is the one the host sizes its dispatch by.
+/// The depthwise kernels' strip (`const VW`) is the one the host sizes their dispatches by.
 #[test]
 fn depthwise_strip_is_pinned() {
-    let module = naga::front::wgsl::parse_str(Kernel::Conv2dDepthwise.source()).unwrap();
-    let (_, vw) = module
-        .constants
-        .iter()
-        .find(|(_, c)| c.name.as_deref() == Some("VW"))
-        .expect("conv2d_depthwise.wgsl declares const VW");
-    let value = match module.global_expressions[vw.init] {
-        naga::Expression::Literal(naga::Literal::U32(v)) => v as usize,
-        ref e => panic!("VW is not a u32 literal: {e:?}"),
-    };
-    assert_eq!(value, wgconv::gpu::kernels::DEPTHWISE_STRIP);
+    for k in [
+        Kernel::Conv2dDepthwise,
+        Kernel::Conv2dDepthwiseBackwardInput,
+    ] {
+        let module = naga::front::wgsl::parse_str(k.source()).unwrap();
+        let (_, vw) = module
+            .constants
+            .iter()
+            .find(|(_, c)| c.name.as_deref() == Some("VW"))
+            .unwrap_or_else(|| panic!("{} declares const VW", k.name()));
+        let value = match module.global_expressions[vw.init] {
+            naga::Expression::Literal(naga::Literal::U32(v)) => v as usize,
+            ref e => panic!("{}: VW is not a u32 literal: {e:?}", k.name()),
+        };
+        assert_eq!(value, wgconv::gpu::kernels::DEPTHWISE_STRIP, "{}", k.name());
+    }
 }

@@ -616,6 +616,7 @@ impl Gpu {
             } else {
                 None
             };
+            let depthwise = self.algorithm == Algorithm::Tiled && g.cg() == 1;
             let khw = g.kh * g.kw;
             let job = |n: usize, ph: &Phase| GemmJob {
                 n,
@@ -673,7 +674,16 @@ impl Gpu {
                     )?;
                     continue;
                 }
-                let total = nc * xu;
+                // Depthwise layers run on their own kernel, a strip of elements per invocation.
+                let (kernel, total) = if depthwise {
+                    let strips = g.h.div_ceil(DEPTHWISE_STRIP);
+                    (
+                        Kernel::Conv2dDepthwiseBackwardInput,
+                        nc * g.c * strips * g.w,
+                    )
+                } else {
+                    (Kernel::Conv2dBackwardInput, nc * xu)
+                };
                 let params = ConvParams {
                     n: nc as u32,
                     dy_off,
@@ -682,7 +692,7 @@ impl Gpu {
                     ..base
                 };
                 ds.push(Dispatch {
-                    kernel: Kernel::Conv2dBackwardInput,
+                    kernel,
                     params: bytemuck::bytes_of(&params).to_vec(),
                     bindings: vec![dyb, wb, dxb],
                     items: total as u64,

@@ -153,7 +153,8 @@ impl Tile {
     }
 }
 
-/// Outputs per invocation of `conv2d_depthwise.wgsl` (its `const VW`).
+/// Outputs per invocation of `conv2d_depthwise.wgsl` and `conv2d_depthwise_backward_input.wgsl`
+/// (their `const VW`).
 pub const DEPTHWISE_STRIP: usize = 8;
 
 /// Every compute kernel of the library.
@@ -164,6 +165,9 @@ pub enum Kernel {
     /// `shaders/conv2d_depthwise.wgsl`: forward of depthwise convolutions (one input channel per
     /// group), a strip of [`DEPTHWISE_STRIP`] outputs per invocation.
     Conv2dDepthwise,
+    /// `shaders/conv2d_depthwise_backward_input.wgsl`: dx of depthwise convolutions, a strip of
+    /// [`DEPTHWISE_STRIP`] elements per invocation.
+    Conv2dDepthwiseBackwardInput,
     /// `shaders/conv2d_gemm.wgsl`: the implicit GEMM behind the fast forward and dx; `true`
     /// specialises it for 1x1 kernels without padding (a plain GEMM).
     Conv2dGemm(Tile, bool),
@@ -202,9 +206,10 @@ pub enum Kernel {
 
 impl Kernel {
     /// All kernels, for validation tests and warm-up.
-    pub const ALL: [Kernel; 20] = [
+    pub const ALL: [Kernel; 21] = [
         Kernel::Conv2dForward,
         Kernel::Conv2dDepthwise,
+        Kernel::Conv2dDepthwiseBackwardInput,
         Kernel::Conv2dGemm(Tile::SMALL, false),
         Kernel::Conv2dGemm(Tile::SMALL, true),
         Kernel::Conv2dBackwardWeightTiled(Tile::SMALL, false),
@@ -240,6 +245,7 @@ impl Kernel {
         match self {
             Kernel::Conv2dForward => "conv2d_forward",
             Kernel::Conv2dDepthwise => "conv2d_depthwise",
+            Kernel::Conv2dDepthwiseBackwardInput => "conv2d_depthwise_backward_input",
             Kernel::Conv2dGemm(..) => "conv2d_gemm",
             Kernel::Conv2dBackwardInput => "conv2d_backward_input",
             Kernel::Conv2dBackwardWeightTiled(..) => "conv2d_backward_weight_tiled",
@@ -264,6 +270,9 @@ impl Kernel {
         match self {
             Kernel::Conv2dForward => include_str!("../../shaders/conv2d_forward.wgsl"),
             Kernel::Conv2dDepthwise => include_str!("../../shaders/conv2d_depthwise.wgsl"),
+            Kernel::Conv2dDepthwiseBackwardInput => {
+                include_str!("../../shaders/conv2d_depthwise_backward_input.wgsl")
+            }
             Kernel::Conv2dGemm(..) => include_str!("../../shaders/conv2d_gemm.wgsl"),
             Kernel::Conv2dBackwardInput => include_str!("../../shaders/conv2d_backward_input.wgsl"),
             Kernel::Conv2dBackwardWeightTiled(..) => {
@@ -430,6 +439,7 @@ impl Kernel {
             Kernel::Conv2dGemm(..) => (GemmParams::FIELDS, std::mem::size_of::<GemmParams>()),
             Kernel::Conv2dForward
             | Kernel::Conv2dDepthwise
+            | Kernel::Conv2dDepthwiseBackwardInput
             | Kernel::Conv2dBackwardWeightTiled(..)
             | Kernel::Conv2dBackwardInput
             | Kernel::Conv2dBackwardWeight
