@@ -154,23 +154,30 @@ fn params_layout_is_pinned() {
     }
 }
 
-/// The depthwise kernels' strip (`const VW`) is the one the host sizes their dispatches by.
+/// The constants the host sizes the depthwise kernels' dispatches by are the shaders' own: the
+/// strip (`const VW`) and the taps per workgroup of dW (`const TAPS`).
 #[test]
-fn depthwise_strip_is_pinned() {
-    for k in [
-        Kernel::Conv2dDepthwise,
-        Kernel::Conv2dDepthwiseBackwardInput,
+fn depthwise_constants_are_pinned() {
+    use wgconv::gpu::kernels::{DEPTHWISE_STRIP, DEPTHWISE_TAPS};
+    for (k, name, host) in [
+        (Kernel::Conv2dDepthwise, "VW", DEPTHWISE_STRIP),
+        (Kernel::Conv2dDepthwiseBackwardInput, "VW", DEPTHWISE_STRIP),
+        (
+            Kernel::Conv2dDepthwiseBackwardWeight,
+            "TAPS",
+            DEPTHWISE_TAPS,
+        ),
     ] {
         let module = naga::front::wgsl::parse_str(k.source()).unwrap();
-        let (_, vw) = module
+        let (_, c) = module
             .constants
             .iter()
-            .find(|(_, c)| c.name.as_deref() == Some("VW"))
-            .unwrap_or_else(|| panic!("{} declares const VW", k.name()));
-        let value = match module.global_expressions[vw.init] {
+            .find(|(_, c)| c.name.as_deref() == Some(name))
+            .unwrap_or_else(|| panic!("{} declares const {name}", k.name()));
+        let value = match module.global_expressions[c.init] {
             naga::Expression::Literal(naga::Literal::U32(v)) => v as usize,
-            ref e => panic!("{}: VW is not a u32 literal: {e:?}", k.name()),
+            ref e => panic!("{}: {name} is not a u32 literal: {e:?}", k.name()),
         };
-        assert_eq!(value, wgconv::gpu::kernels::DEPTHWISE_STRIP, "{}", k.name());
+        assert_eq!(value, host, "{}: {name}", k.name());
     }
 }

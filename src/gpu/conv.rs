@@ -1,6 +1,8 @@
 //! conv2d forward, dx, dW and db on the GPU.
 
-use super::kernels::{ConvParams, DEPTHWISE_STRIP, GemmParams, Kernel, ReduceParams, Tile};
+use super::kernels::{
+    ConvParams, DEPTHWISE_STRIP, DEPTHWISE_TAPS, GemmParams, Kernel, ReduceParams, Tile,
+};
 use super::tensor::{Raw, dims4};
 use super::{Algorithm, Bind, Dispatch, Gpu, IndexTensor, Tensor};
 use crate::error::{Error, Result, mismatch};
@@ -735,6 +737,7 @@ impl Gpu {
             .max()
             .unwrap_or(0);
         let tiled = self.use_tiled(g.kg(), g.cg() * g.kh * g.kw) && g.kg() >= 4;
+        let depthwise = !tiled && self.algorithm == Algorithm::Tiled && g.cg() == 1;
         let tile = self.dw_tile();
         let taps = if tiled {
             Some(self.scratch(bytemuck::cast_slice(&forward_taps(&g)?)))
@@ -792,16 +795,26 @@ impl Gpu {
                             items: total as u64,
                         }
                     }
-                    None => Dispatch {
-                        kernel: Kernel::Conv2dBackwardWeight,
-                        params: bytemuck::bytes_of(&ConvParams {
-                            total: to_u32(nsplit * elems, "dW workgroups")?,
-                            ..params
-                        })
-                        .to_vec(),
-                        bindings: vec![xb, dyb, pb],
-                        items: (nsplit * elems) as u64,
-                    },
+                    None => {
+                        // Depthwise layers: one workgroup per output channel and chunk of
+                        // taps, reading dy once for the chunk; the rest: one per weight.
+                        let (kernel, total) = if depthwise {
+                            let chunks = (g.kh * g.kw).div_ceil(DEPTHWISE_TAPS);
+                            (Kernel::Conv2dDepthwiseBackwardWeight, nsplit * g.k * chunks)
+                        } else {
+                            (Kernel::Conv2dBackwardWeight, nsplit * elems)
+                        };
+                        Dispatch {
+                            kernel,
+                            params: bytemuck::bytes_of(&ConvParams {
+                                total: to_u32(total, "dW workgroups")?,
+                                ..params
+                            })
+                            .to_vec(),
+                            bindings: vec![xb, dyb, pb],
+                            items: total as u64,
+                        }
+                    }
                 });
             }
             ds.push(self.reduce_dispatch(

@@ -157,6 +157,9 @@ impl Tile {
 /// (their `const VW`).
 pub const DEPTHWISE_STRIP: usize = 8;
 
+/// Kernel taps per workgroup of `conv2d_depthwise_backward_weight.wgsl` (its `const TAPS`).
+pub const DEPTHWISE_TAPS: usize = 9;
+
 /// Every compute kernel of the library.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Kernel {
@@ -168,6 +171,9 @@ pub enum Kernel {
     /// `shaders/conv2d_depthwise_backward_input.wgsl`: dx of depthwise convolutions, a strip of
     /// [`DEPTHWISE_STRIP`] elements per invocation.
     Conv2dDepthwiseBackwardInput,
+    /// `shaders/conv2d_depthwise_backward_weight.wgsl`: dW of depthwise convolutions, one
+    /// workgroup per output channel, [`DEPTHWISE_TAPS`] kernel taps and split.
+    Conv2dDepthwiseBackwardWeight,
     /// `shaders/conv2d_gemm.wgsl`: the implicit GEMM behind the fast forward and dx; `true`
     /// specialises it for 1x1 kernels without padding (a plain GEMM).
     Conv2dGemm(Tile, bool),
@@ -206,10 +212,11 @@ pub enum Kernel {
 
 impl Kernel {
     /// All kernels, for validation tests and warm-up.
-    pub const ALL: [Kernel; 21] = [
+    pub const ALL: [Kernel; 22] = [
         Kernel::Conv2dForward,
         Kernel::Conv2dDepthwise,
         Kernel::Conv2dDepthwiseBackwardInput,
+        Kernel::Conv2dDepthwiseBackwardWeight,
         Kernel::Conv2dGemm(Tile::SMALL, false),
         Kernel::Conv2dGemm(Tile::SMALL, true),
         Kernel::Conv2dBackwardWeightTiled(Tile::SMALL, false),
@@ -246,6 +253,7 @@ impl Kernel {
             Kernel::Conv2dForward => "conv2d_forward",
             Kernel::Conv2dDepthwise => "conv2d_depthwise",
             Kernel::Conv2dDepthwiseBackwardInput => "conv2d_depthwise_backward_input",
+            Kernel::Conv2dDepthwiseBackwardWeight => "conv2d_depthwise_backward_weight",
             Kernel::Conv2dGemm(..) => "conv2d_gemm",
             Kernel::Conv2dBackwardInput => "conv2d_backward_input",
             Kernel::Conv2dBackwardWeightTiled(..) => "conv2d_backward_weight_tiled",
@@ -272,6 +280,9 @@ impl Kernel {
             Kernel::Conv2dDepthwise => include_str!("../../shaders/conv2d_depthwise.wgsl"),
             Kernel::Conv2dDepthwiseBackwardInput => {
                 include_str!("../../shaders/conv2d_depthwise_backward_input.wgsl")
+            }
+            Kernel::Conv2dDepthwiseBackwardWeight => {
+                include_str!("../../shaders/conv2d_depthwise_backward_weight.wgsl")
             }
             Kernel::Conv2dGemm(..) => include_str!("../../shaders/conv2d_gemm.wgsl"),
             Kernel::Conv2dBackwardInput => include_str!("../../shaders/conv2d_backward_input.wgsl"),
@@ -315,6 +326,7 @@ impl Kernel {
             Kernel::Conv2dGemm(..)
                 | Kernel::Conv2dBackwardWeightTiled(..)
                 | Kernel::Conv2dBackwardWeight
+                | Kernel::Conv2dDepthwiseBackwardWeight
                 | Kernel::Conv2dBackwardBias
                 | Kernel::Matmul
                 | Kernel::LinearBackwardBias
@@ -440,6 +452,7 @@ impl Kernel {
             Kernel::Conv2dForward
             | Kernel::Conv2dDepthwise
             | Kernel::Conv2dDepthwiseBackwardInput
+            | Kernel::Conv2dDepthwiseBackwardWeight
             | Kernel::Conv2dBackwardWeightTiled(..)
             | Kernel::Conv2dBackwardInput
             | Kernel::Conv2dBackwardWeight
