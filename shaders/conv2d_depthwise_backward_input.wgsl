@@ -49,7 +49,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         acc[v] = 0.0;
     }
     // Padded coordinates of the strip's first element.
-    let ph0 = i32(ih0 + p.pad_top);
+    let ph0 = ih0 + p.pad_top;
     let pw = i32(iw + p.pad_left);
     for (var kk = 0u; kk < p.kg; kk++) {
         let k = c * p.kg + kk;
@@ -63,12 +63,16 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             let ow = u32(tw) / p.stride_w;
             for (var i = 0u; i < p.kh; i++) {
                 let wv = wt[w_base + i * p.kw + j];
-                // Output row and remainder of the strip's first element, stepped down the strip
-                // (th may start negative: the quotient then counts up from below zero).
-                let th0 = ph0 - i32(i * p.dil_h);
+                // Output row (floor quotient) and remainder of the strip's first element
+                // ph0 - i*dh, which may be negative, then stepped down the strip. Computed on
+                // ph0 - i*dh + lift*sh >= 0: % and / of negative integers differ between
+                // shading languages (GLSL leaves them undefined).
+                let back = i * p.dil_h;
+                let lift = (back + p.stride_h - 1u) / p.stride_h;
+                let th = ph0 + lift * p.stride_h - back;
                 let sh = i32(p.stride_h);
-                var rem = ((th0 % sh) + sh) % sh;
-                var oh = (th0 - rem) / sh;
+                var rem = i32(th % p.stride_h);
+                var oh = i32(th / p.stride_h) - i32(lift);
                 for (var v = 0u; v < VW; v++) {
                     if (rem == 0 && oh >= 0 && oh < i32(p.oh)) {
                         acc[v] += dy[dy_plane + u32(oh) * p.ow + ow] * wv;

@@ -74,8 +74,11 @@ var<workgroup> b_tile: array<vec4<f32>, BK * BN / 4u>;
 struct Walk { t: u32, s: u32, ch: u32 }
 
 fn walk_start(r: u32, per_ch: u32) -> Walk {
-    let taps = p.tap_rows * p.tap_cols;
-    return Walk((r % taps) / p.tap_cols, r % p.tap_cols, (r / taps) * per_ch);
+    // A dx phase without taps (reduce = 0) has an empty lattice: nothing is read, but the
+    // divisions must not be by zero.
+    let cols = max(p.tap_cols, 1u);
+    let taps = max(p.tap_rows, 1u) * cols;
+    return Walk((r % taps) / cols, r % cols, (r / taps) * per_ch);
 }
 
 // Moves the walk `by` indices on, without a division or a branch.

@@ -241,6 +241,21 @@ fn named_edge_cases() {
                 }),
         ),
         (
+            // Found on GL: taps reach dy rows above the input (negative quotients), where
+            // WGSL's % and / of negative integers are not GLSL's.
+            "one channel, stride 3, taps above the input",
+            [1, 1, 1, 2],
+            [1, 1, 4, 1],
+            Conv2dSpec::new()
+                .with_stride([3, 1])
+                .with_padding(Padding2d {
+                    top: 1,
+                    bottom: 2,
+                    left: 0,
+                    right: 0,
+                }),
+        ),
+        (
             "kernel 5x7 larger than 3x4 input",
             [2, 3, 3, 4],
             [2, 3, 5, 7],

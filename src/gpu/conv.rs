@@ -292,9 +292,15 @@ impl Gpu {
     /// Whether a conv op runs on the implicit-GEMM kernels rather than the direct ones: with the
     /// tiled algorithm selected, when the GEMM has enough columns (`cols`: output channels per
     /// group for forward and dW, input channels per group for dx) and a reduction to stage.
-    /// Depthwise convolutions (one channel per group) run on the direct kernels.
     fn use_tiled(&self, cols: usize, reduce: usize) -> bool {
         self.algorithm == Algorithm::Tiled && cols >= 2 && reduce >= 8
+    }
+
+    /// Whether a conv op that the GEMM does not take (`gemm` false) runs on the depthwise
+    /// kernels rather than the direct ones: with the tiled algorithm selected, for one input
+    /// channel per group.
+    fn use_depthwise(&self, g: &Conv2dGeometry, gemm: bool) -> bool {
+        !gemm && self.algorithm == Algorithm::Tiled && g.cg() == 1
     }
 
     /// The dispatch of one [`GemmJob`]; `binds` are activation, weight, bias and output.
@@ -506,7 +512,7 @@ impl Gpu {
                 None => Bind::whole(&self.dummy, 0),
             };
             let tiled = self.use_tiled(g.kg(), g.cg() * g.kh * g.kw) && g.kg() >= 4;
-            let depthwise = !tiled && self.algorithm == Algorithm::Tiled && g.cg() == 1;
+            let depthwise = self.use_depthwise(&g, tiled);
             let r = g.cg() * g.kh * g.kw;
             let job = |n: usize| GemmJob {
                 n,
@@ -593,7 +599,7 @@ impl Gpu {
     }
 
     /// dx on the GPU: the transposed convolution of dy, by index arithmetic (the implicit GEMM
-    /// split by stride phase, or the direct kernel). Same semantics as
+    /// split by stride phase, the depthwise kernel or the direct one). Same semantics as
     /// [`reference::conv2d_backward_input`](crate::reference::conv2d_backward_input).
     pub fn conv2d_backward_input(
         &self,
@@ -618,7 +624,7 @@ impl Gpu {
             } else {
                 None
             };
-            let depthwise = self.algorithm == Algorithm::Tiled && g.cg() == 1;
+            let depthwise = self.use_depthwise(&g, phases.is_some());
             let khw = g.kh * g.kw;
             let job = |n: usize, ph: &Phase| GemmJob {
                 n,
@@ -737,7 +743,7 @@ impl Gpu {
             .max()
             .unwrap_or(0);
         let tiled = self.use_tiled(g.kg(), g.cg() * g.kh * g.kw) && g.kg() >= 4;
-        let depthwise = !tiled && self.algorithm == Algorithm::Tiled && g.cg() == 1;
+        let depthwise = self.use_depthwise(&g, tiled);
         let tile = self.dw_tile();
         let taps = if tiled {
             Some(self.scratch(bytemuck::cast_slice(&forward_taps(&g)?)))
