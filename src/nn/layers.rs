@@ -23,12 +23,9 @@ fn hw(x: &Tensor, layer: &str) -> Result<[usize; 2]> {
 
 /// 2-D convolution with a weight `[K, C/groups, kh, kw]` and an optional bias `[K]`.
 pub struct Conv2d {
-    weight: Tensor,
-    bias: Option<Tensor>,
+    params: WeightBias,
     spec: Conv2dSpec,
     input: Option<Tensor>,
-    dw: Option<Tensor>,
-    db: Option<Tensor>,
 }
 
 impl Conv2d {
@@ -71,99 +68,80 @@ impl Conv2d {
     /// A conv layer with the given weight `[K, C/groups, kh, kw]` and bias `[K]`.
     pub fn from_parameters(weight: Tensor, bias: Option<Tensor>, spec: Conv2dSpec) -> Result<Self> {
         spec.validate()?;
-        let &[k, _, _, _] = weight.shape() else {
+        if weight.shape().len() != 4 {
             return Err(mismatch(format!(
                 "Conv2d: weight must be 4-D [K, C/groups, kh, kw], got {:?}",
                 weight.shape()
             )));
-        };
-        if let Some(b) = &bias
-            && b.shape() != [k]
-        {
-            return Err(mismatch(format!(
-                "Conv2d: bias shape {:?} must be [{k}]",
-                b.shape()
-            )));
         }
         Ok(Conv2d {
-            weight,
-            bias,
+            params: WeightBias::new("Conv2d", weight, bias)?,
             spec,
             input: None,
-            dw: None,
-            db: None,
         })
     }
 
     /// The weight.
     pub fn weight(&self) -> &Tensor {
-        &self.weight
+        &self.params.weight
     }
     /// The bias.
     pub fn bias(&self) -> Option<&Tensor> {
-        self.bias.as_ref()
+        self.params.bias.as_ref()
     }
     /// The weight gradient of the last backward.
     pub fn weight_grad(&self) -> Option<&Tensor> {
-        self.dw.as_ref()
+        self.params.dw.as_ref()
     }
     /// The bias gradient of the last backward.
     pub fn bias_grad(&self) -> Option<&Tensor> {
-        self.db.as_ref()
+        self.params.db.as_ref()
     }
 }
 
 impl Layer for Conv2d {
     fn forward(&mut self, gpu: &Gpu, x: Tensor) -> Result<Tensor> {
-        let y = gpu.conv2d_forward(&x, &self.weight, self.bias.as_ref(), &self.spec)?;
+        let y = gpu.conv2d_forward(
+            &x,
+            &self.params.weight,
+            self.params.bias.as_ref(),
+            &self.spec,
+        )?;
         self.input = Some(x);
         Ok(y)
     }
     fn backward(&mut self, gpu: &Gpu, dy: Tensor) -> Result<Tensor> {
         let x = self.input.as_ref().ok_or_else(|| no_forward("Conv2d"))?;
-        let dx = gpu.conv2d_backward_input(&dy, &self.weight, hw(x, "Conv2d")?, &self.spec)?;
+        let dx =
+            gpu.conv2d_backward_input(&dy, &self.params.weight, hw(x, "Conv2d")?, &self.spec)?;
         self.backward_params(gpu, dy)?;
         Ok(dx)
     }
     fn backward_params(&mut self, gpu: &Gpu, dy: Tensor) -> Result<()> {
         let x = self.input.take().ok_or_else(|| no_forward("Conv2d"))?;
-        let s = self.weight.shape();
+        let s = self.params.weight.shape();
         let khw = [s[2], s[3]];
-        self.dw = Some(gpu.conv2d_backward_weight(&x, &dy, khw, &self.spec)?);
-        if self.bias.is_some() {
-            self.db = Some(gpu.conv2d_backward_bias(&dy)?);
+        self.params.dw = Some(gpu.conv2d_backward_weight(&x, &dy, khw, &self.spec)?);
+        if self.params.bias.is_some() {
+            self.params.db = Some(gpu.conv2d_backward_bias(&dy)?);
         }
         Ok(())
     }
     fn parameters_mut(&mut self) -> Vec<Param<'_>> {
-        weight_and_bias(
-            &mut self.weight,
-            self.dw.as_ref(),
-            self.bias.as_mut(),
-            self.db.as_ref(),
-        )
+        self.params.parameters_mut()
     }
     fn parameters(&self) -> Vec<&Tensor> {
-        std::iter::once(&self.weight)
-            .chain(self.bias.as_ref())
-            .collect()
+        self.params.parameters()
     }
     fn describe(&self) -> String {
-        format!(
-            "Conv2d(weight {:?}, bias {})",
-            self.weight.shape(),
-            self.bias.is_some()
-        )
+        self.params.describe("Conv2d")
     }
 }
 
 /// Fully connected layer `y = x · wᵀ + b`, weight `[out, in]`, bias `[out]`.
 pub struct Linear {
-    weight: Tensor,
-    bias: Option<Tensor>,
+    params: WeightBias,
     input: Option<Tensor>,
-    dw: Option<Tensor>,
-    db: Option<Tensor>,
 }
 
 impl Linear {
@@ -192,50 +170,39 @@ impl Linear {
 
     /// A linear layer with the given weight `[out, in]` and bias `[out]`.
     pub fn from_parameters(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
-        let &[o, _] = weight.shape() else {
+        if weight.shape().len() != 2 {
             return Err(mismatch(format!(
                 "Linear: weight must be 2-D [out, in], got {:?}",
                 weight.shape()
             )));
-        };
-        if let Some(b) = &bias
-            && b.shape() != [o]
-        {
-            return Err(mismatch(format!(
-                "Linear: bias shape {:?} must be [{o}]",
-                b.shape()
-            )));
         }
         Ok(Linear {
-            weight,
-            bias,
+            params: WeightBias::new("Linear", weight, bias)?,
             input: None,
-            dw: None,
-            db: None,
         })
     }
 
     /// The weight.
     pub fn weight(&self) -> &Tensor {
-        &self.weight
+        &self.params.weight
     }
     /// The bias.
     pub fn bias(&self) -> Option<&Tensor> {
-        self.bias.as_ref()
+        self.params.bias.as_ref()
     }
     /// The weight gradient of the last backward.
     pub fn weight_grad(&self) -> Option<&Tensor> {
-        self.dw.as_ref()
+        self.params.dw.as_ref()
     }
     /// The bias gradient of the last backward.
     pub fn bias_grad(&self) -> Option<&Tensor> {
-        self.db.as_ref()
+        self.params.db.as_ref()
     }
 }
 
 impl Layer for Linear {
     fn forward(&mut self, gpu: &Gpu, x: Tensor) -> Result<Tensor> {
-        let y = gpu.linear_forward(&x, &self.weight, self.bias.as_ref())?;
+        let y = gpu.linear_forward(&x, &self.params.weight, self.params.bias.as_ref())?;
         self.input = Some(x);
         Ok(y)
     }
@@ -243,37 +210,26 @@ impl Layer for Linear {
         if self.input.is_none() {
             return Err(no_forward("Linear"));
         }
-        let dx = gpu.linear_backward_input(&dy, &self.weight)?;
+        let dx = gpu.linear_backward_input(&dy, &self.params.weight)?;
         self.backward_params(gpu, dy)?;
         Ok(dx)
     }
     fn backward_params(&mut self, gpu: &Gpu, dy: Tensor) -> Result<()> {
         let x = self.input.take().ok_or_else(|| no_forward("Linear"))?;
-        self.dw = Some(gpu.linear_backward_weight(&x, &dy)?);
-        if self.bias.is_some() {
-            self.db = Some(gpu.linear_backward_bias(&dy)?);
+        self.params.dw = Some(gpu.linear_backward_weight(&x, &dy)?);
+        if self.params.bias.is_some() {
+            self.params.db = Some(gpu.linear_backward_bias(&dy)?);
         }
         Ok(())
     }
     fn parameters_mut(&mut self) -> Vec<Param<'_>> {
-        weight_and_bias(
-            &mut self.weight,
-            self.dw.as_ref(),
-            self.bias.as_mut(),
-            self.db.as_ref(),
-        )
+        self.params.parameters_mut()
     }
     fn parameters(&self) -> Vec<&Tensor> {
-        std::iter::once(&self.weight)
-            .chain(self.bias.as_ref())
-            .collect()
+        self.params.parameters()
     }
     fn describe(&self) -> String {
-        format!(
-            "Linear(weight {:?}, bias {})",
-            self.weight.shape(),
-            self.bias.is_some()
-        )
+        self.params.describe("Linear")
     }
 }
 
@@ -406,19 +362,60 @@ impl Layer for Flatten {
     }
 }
 
-/// The parameters of a layer with a weight and an optional bias, with their gradients.
-fn weight_and_bias<'a>(
-    weight: &'a mut Tensor,
-    dw: Option<&'a Tensor>,
-    bias: Option<&'a mut Tensor>,
-    db: Option<&'a Tensor>,
-) -> Vec<Param<'a>> {
-    let mut v = vec![Param {
-        value: weight,
-        grad: dw,
-    }];
-    if let Some(b) = bias {
-        v.push(Param { value: b, grad: db });
+/// A layer's weight (first dimension: its outputs) and optional bias `[outputs]`, with their
+/// gradients from the last backward.
+struct WeightBias {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    dw: Option<Tensor>,
+    db: Option<Tensor>,
+}
+
+impl WeightBias {
+    /// Checks that the bias, if any, is `[outputs]`; `layer` names the layer in the error.
+    fn new(layer: &str, weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
+        let out = weight.shape()[0];
+        if let Some(b) = &bias
+            && b.shape() != [out]
+        {
+            return Err(mismatch(format!(
+                "{layer}: bias shape {:?} must be [{out}]",
+                b.shape()
+            )));
+        }
+        Ok(WeightBias {
+            weight,
+            bias,
+            dw: None,
+            db: None,
+        })
     }
-    v
+
+    fn parameters_mut(&mut self) -> Vec<Param<'_>> {
+        let mut v = vec![Param {
+            value: &mut self.weight,
+            grad: self.dw.as_ref(),
+        }];
+        if let Some(b) = self.bias.as_mut() {
+            v.push(Param {
+                value: b,
+                grad: self.db.as_ref(),
+            });
+        }
+        v
+    }
+
+    fn parameters(&self) -> Vec<&Tensor> {
+        std::iter::once(&self.weight)
+            .chain(self.bias.as_ref())
+            .collect()
+    }
+
+    fn describe(&self, layer: &str) -> String {
+        format!(
+            "{layer}(weight {:?}, bias {})",
+            self.weight.shape(),
+            self.bias.is_some()
+        )
+    }
 }
