@@ -149,6 +149,16 @@ fn gemm_splits(target: usize, tiles: usize, reduce: usize) -> usize {
     target.div_ceil(tiles).min((reduce / 128).max(1)).min(16)
 }
 
+/// Invocation rows per plane of `rows` rows for the one-invocation-per-element conv kernels:
+/// every row, or a strip of [`DEPTHWISE_STRIP`] rows per invocation for the depthwise ones.
+fn element_rows(rows: usize, depthwise: bool) -> usize {
+    if depthwise {
+        rows.div_ceil(DEPTHWISE_STRIP)
+    } else {
+        rows
+    }
+}
+
 /// A value for an i32 params field, stored as its bits.
 fn to_i32_bits(v: i64, what: &str) -> Result<u32> {
     i32::try_from(v)
@@ -569,12 +579,12 @@ impl Gpu {
                 // Depthwise layers (one input channel per group, too few output channels per
                 // group for the GEMM) run on their own kernel, a strip of outputs per
                 // invocation; the rest of what the GEMM does not take on the direct kernel.
-                let (kernel, total) = if depthwise {
-                    let strips = g.oh.div_ceil(DEPTHWISE_STRIP);
-                    (Kernel::Conv2dDepthwise, (n1 - n0) * g.k * strips * g.ow)
+                let kernel = if depthwise {
+                    Kernel::Conv2dDepthwise
                 } else {
-                    (Kernel::Conv2dForward, (n1 - n0) * yu)
+                    Kernel::Conv2dForward
                 };
+                let total = (n1 - n0) * g.k * element_rows(g.oh, depthwise) * g.ow;
                 let params = ConvParams {
                     n: (n1 - n0) as u32,
                     has_bias: bias.is_some() as u32,
@@ -683,15 +693,12 @@ impl Gpu {
                     continue;
                 }
                 // Depthwise layers run on their own kernel, a strip of elements per invocation.
-                let (kernel, total) = if depthwise {
-                    let strips = g.h.div_ceil(DEPTHWISE_STRIP);
-                    (
-                        Kernel::Conv2dDepthwiseBackwardInput,
-                        nc * g.c * strips * g.w,
-                    )
+                let kernel = if depthwise {
+                    Kernel::Conv2dDepthwiseBackwardInput
                 } else {
-                    (Kernel::Conv2dBackwardInput, nc * xu)
+                    Kernel::Conv2dBackwardInput
                 };
+                let total = nc * g.c * element_rows(g.h, depthwise) * g.w;
                 let params = ConvParams {
                     n: nc as u32,
                     dy_off,
