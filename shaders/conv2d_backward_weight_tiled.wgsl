@@ -4,58 +4,34 @@
 // The reduction over m is cut into `splits` ranges of `split_len`; workgroup (tile, split) writes
 // its partial tile to partial[split][g*kg + k][r], and reduce_partials.wgsl adds the splits in
 // order: deterministic, no atomics. Each invocation loads the A (dy) and B (x) elements of one m
-// per step, decomposing it once; the taps table gives r -> (x offset, row shift, column shift),
-// read once per invocation for the columns it stages (they are the same every step).
+// per step, decomposing it once. The B columns an invocation stages are the same every step, so
+// it walks the tap lattice (c, i, j) to them once, up front (lib/lattice.wgsl, as the forward
+// does per step). The tile and the register-block inner product are lib/gemm_tile.wgsl's.
 
-struct Params {
-    n: u32, c: u32, h: u32, w: u32,
-    k: u32, kh: u32, kw: u32, groups: u32,
-    oh: u32, ow: u32, cg: u32, kg: u32,
-    stride_h: u32, stride_w: u32, dil_h: u32, dil_w: u32,
-    pad_top: u32, pad_left: u32, has_bias: u32, accumulate: u32,
-    x_off: u32, w_off: u32, b_off: u32, dy_off: u32,
-    out_off: u32, total: u32, splits: u32, split_len: u32,
-    tiles_m: u32, tiles_n: u32, reduce: u32, _pad0: u32,
-}
+// #include lib/conv_params.wgsl
+// #include lib/ids.wgsl
+// #include lib/gemm_tile.wgsl
+// #include lib/lattice.wgsl
 
-@group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read> dy: array<f32>;
-@group(0) @binding(3) var<storage, read> taps: array<vec4<i32>>;
-@group(0) @binding(4) var<storage, read_write> partial: array<f32>;
-
-override BM: u32 = 64u;
-override BN: u32 = 64u;
-override BK: u32 = 8u;
-override TM: u32 = 4u;
-override TN: u32 = 4u;
-override WG: u32 = (BM / TM) * (BN / TN);
-// A 1x1 kernel without padding: tap r = c reads x at x_base + c * H * W, always in bounds.
-override POINTWISE: bool = false;
-
-// The tiles hold vec4 rows so that the inner loop reads a whole vec4 per access.
-var<workgroup> a_tile: array<vec4<f32>, BK * BM / 4u>;
-var<workgroup> b_tile: array<vec4<f32>, BK * BN / 4u>;
+@group(0) @binding(3) var<storage, read_write> partial: array<f32>;
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) tid: u32) {
-    let item = wid.x + wid.y * nwg.x;
+    let item = workgroup_item(wid, nwg);
     if (item >= p.total) {
         return;
     }
-    let tiles = p.tiles_m * p.tiles_n * p.groups;
-    let tile = item % tiles;
-    let split = item / tiles;
-    let tm_ = tile % p.tiles_m;
-    let tn_ = (tile / p.tiles_m) % p.tiles_n;
-    let g = tile / (p.tiles_m * p.tiles_n);
-    let k0 = tm_ * BM;
-    let r0t = tn_ * BN;
+    let id = tile_id(item, p.tiles_m, p.tiles_n, p.groups);
+    let k0 = id.m0;
+    let r0t = id.n0;
+    let g = id.g;
     let plane = p.oh * p.ow;
     let m_count = p.n * plane;
     let r_count = p.reduce;
-    let m_begin = split * p.split_len;
+    let m_begin = id.split * p.split_len;
     let m_end = min(m_begin + p.split_len, m_count);
     let in_plane = p.h * p.w;
 
@@ -66,19 +42,16 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let tx = tid % (BM / TM);
     let ty = tid / (BM / TM);
     // The taps of the columns r0t + lane + j * lanes this invocation stages (at most 8: the
-    // host checks BK * BN / WG <= 8).
-    var tap: array<vec4<i32>, 8>;
+    // host checks BK * BN / WG <= 8): x offset from the window origin, row and column shift.
+    var tap: array<vec3<i32>, 8>;
+    var walk = walk_start(r0t + lane, in_plane, p.kh, p.kw);
     for (var j = 0u; j < BN / lanes; j++) {
-        let r = r0t + lane + j * lanes;
-        tap[j] = vec4<i32>(0);
-        if (!POINTWISE && r < r_count) {
-            tap[j] = taps[r];
-        }
+        let di = i32(walk.t * p.dil_h);
+        let dj = i32(walk.s * p.dil_w);
+        tap[j] = vec3<i32>(i32(walk.ch) + di * i32(p.w) + dj, di, dj);
+        walk_on(&walk, lanes, in_plane, p.kh, p.kw);
     }
-    var acc: array<vec4<f32>, 16>;
-    for (var i = 0u; i < 16u; i++) {
-        acc[i] = vec4<f32>(0.0);
-    }
+    var acc = zero_block();
 
     for (var mb = m_begin; mb < m_end; mb += BK) {
         let m = mb + ml;
@@ -121,40 +94,20 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             b_tile[e / 4u][e % 4u] = v;
         }
         workgroupBarrier();
-        for (var kk = 0u; kk < BK; kk++) {
-            let b0 = b_tile[(kk * BN) / 4u + ty];
-            var b1 = vec4<f32>(0.0);
-            if (TN == 8u) {
-                b1 = b_tile[(kk * BN + BN / 2u) / 4u + ty];
-            }
-            for (var half = 0u; half < TM / 4u; half++) {
-                let a = a_tile[(kk * BM + half * (BM / 2u)) / 4u + tx];
-                let i0 = 8u * half;
-                acc[i0] = fma(vec4<f32>(a.x), b0, acc[i0]);
-                acc[i0 + 2u] = fma(vec4<f32>(a.y), b0, acc[i0 + 2u]);
-                acc[i0 + 4u] = fma(vec4<f32>(a.z), b0, acc[i0 + 4u]);
-                acc[i0 + 6u] = fma(vec4<f32>(a.w), b0, acc[i0 + 6u]);
-                if (TN == 8u) {
-                    acc[i0 + 1u] = fma(vec4<f32>(a.x), b1, acc[i0 + 1u]);
-                    acc[i0 + 3u] = fma(vec4<f32>(a.y), b1, acc[i0 + 3u]);
-                    acc[i0 + 5u] = fma(vec4<f32>(a.z), b1, acc[i0 + 5u]);
-                    acc[i0 + 7u] = fma(vec4<f32>(a.w), b1, acc[i0 + 7u]);
-                }
-            }
-        }
+        multiply_tiles(&acc, tx, ty);
         workgroupBarrier();
     }
 
-    let out_base = split * p.k * r_count;
+    let out_base = id.split * p.k * r_count;
     for (var i = 0u; i < TM; i++) {
-        let k = k0 + (i / 4u) * (BM / 2u) + 4u * tx + i % 4u;
+        let k = k0 + block_row(i, tx);
         if (k >= p.kg) {
             continue;
         }
         for (var jj = 0u; jj < TN / 4u; jj++) {
             let v = acc[2u * i + jj];
             for (var cc = 0u; cc < 4u; cc++) {
-                let r = r0t + jj * (BN / 2u) + 4u * ty + cc;
+                let r = r0t + block_col(jj, cc, ty);
                 if (r >= r_count) {
                     continue;
                 }

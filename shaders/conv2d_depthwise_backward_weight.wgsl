@@ -6,18 +6,10 @@
 // once for all the chunk's taps instead of once per tap. The second pass (reduce_partials.wgsl)
 // adds the splits in order.
 
-struct Params {
-    n: u32, c: u32, h: u32, w: u32,
-    k: u32, kh: u32, kw: u32, groups: u32,
-    oh: u32, ow: u32, cg: u32, kg: u32,
-    stride_h: u32, stride_w: u32, dil_h: u32, dil_w: u32,
-    pad_top: u32, pad_left: u32, has_bias: u32, accumulate: u32,
-    x_off: u32, w_off: u32, b_off: u32, dy_off: u32,
-    out_off: u32, total: u32, splits: u32, split_len: u32,
-    tiles_m: u32, tiles_n: u32, reduce: u32, _pad0: u32,
-}
+// #include lib/conv_params.wgsl
+// #include lib/ids.wgsl
+// #include lib/workgroup_sum.wgsl
 
-@group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read> dy: array<f32>;
 @group(0) @binding(3) var<storage, read_write> partial: array<f32>;
@@ -25,12 +17,11 @@ struct Params {
 const WG: u32 = 64u;
 // Kernel taps per workgroup (the host's `DEPTHWISE_TAPS`).
 const TAPS: u32 = 9u;
-var<workgroup> sums: array<f32, WG>;
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
-    let item = wid.x + wid.y * nwg.x;
+    let item = workgroup_item(wid, nwg);
     // Uniform control flow: every invocation of a workgroup takes the same branch.
     if (item >= p.total) {
         return;
@@ -81,18 +72,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     }
     let elems = p.k * taps;
     for (var t = 0u; t < TAPS; t++) {
-        sums[lid] = acc[t];
-        workgroupBarrier();
-        for (var s = WG / 2u; s > 0u; s >>= 1u) {
-            if (lid < s) {
-                sums[lid] += sums[lid + s];
-            }
-            workgroupBarrier();
-        }
+        let total = workgroup_sum(lid, acc[t]);
         let tap = chunk * TAPS + t;
         if (lid == 0u && tap < taps) {
-            partial[split * elems + k * taps + tap] = sums[0];
+            partial[split * elems + k * taps + tap] = total;
         }
+        // The next tap's sum overwrites `sums`.
         workgroupBarrier();
     }
 }

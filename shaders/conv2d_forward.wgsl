@@ -1,29 +1,15 @@
 // conv2d forward, direct: one invocation per output element y[n, k, oh, ow].
 // y = bias[k] + sum over (c, i, j) of x[n, g*cg + c, oh*sh - pt + i*dh, ow*sw - pl + j*dw] * w[k, c, i, j]
 
-struct Params {
-    n: u32, c: u32, h: u32, w: u32,
-    k: u32, kh: u32, kw: u32, groups: u32,
-    oh: u32, ow: u32, cg: u32, kg: u32,
-    stride_h: u32, stride_w: u32, dil_h: u32, dil_w: u32,
-    pad_top: u32, pad_left: u32, has_bias: u32, accumulate: u32,
-    x_off: u32, w_off: u32, b_off: u32, dy_off: u32,
-    out_off: u32, total: u32, splits: u32, split_len: u32,
-    tiles_m: u32, tiles_n: u32, reduce: u32, _pad0: u32,
-}
+// #include lib/conv_params.wgsl
+// #include lib/per_element.wgsl
 
-@group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read> wt: array<f32>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
 
-override WG: u32 = 64u;
-
-@compute @workgroup_size(WG)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) lid: u32) {
-    let idx = (wid.x + wid.y * nwg.x) * WG + lid;
+fn element(idx: u32) {
     if (idx >= p.total) {
         return;
     }

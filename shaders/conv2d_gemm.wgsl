@@ -24,10 +24,12 @@
 // (tile, split) sums r in [split * split_len, ...) into out[split * out_len + .] of a partial
 // buffer, and reduce_partials.wgsl adds the splits in order (deterministic); the bias goes in
 // with split 0.
-// A workgroup computes a BM x BN tile of OUT, stepping through r BK at a time: it stages the A
-// and B slices in workgroup memory, then each invocation accumulates a TM x TN register block
-// (TM, TN in {4, 8}) as vec4 rows: rows 4*tx + {0..3} (and BM/2 + ... when TM = 8), columns
-// likewise. Tile sizes are pipeline overrides chosen by the host from the adapter's limits.
+// The tile, the staging arrays and the register-block inner product are lib/gemm_tile.wgsl's;
+// the reduction lattice's walk is lib/lattice.wgsl's.
+
+// #include lib/ids.wgsl
+// #include lib/gemm_tile.wgsl
+// #include lib/lattice.wgsl
 
 struct Params {
     n: u32, rows: u32, cols: u32, groups: u32,
@@ -35,12 +37,11 @@ struct Params {
     a_step_h: u32, a_step_w: u32, base_h: i32, base_w: i32,
     out_c: u32, out_cg: u32, out_h: u32, out_w: u32,
     o_step_h: u32, o_step_w: u32, first_h: u32, first_w: u32,
-    reduce: u32, w_group: u32, w_col: u32, act_off: u32,
-    w_off: u32, out_off: u32, b_off: u32, has_bias: u32,
-    tiles_m: u32, tiles_n: u32, total: u32, splits: u32,
-    split_len: u32, out_len: u32, tap_rows: u32, tap_cols: u32,
-    tap_dh: i32, tap_dw: i32, w_per_ch: u32, w_per_row: u32,
-    w_per_col: u32, w_first: u32, _pad0: u32, _pad1: u32,
+    reduce: u32, w_group: u32, w_col: u32,
+    act_off: u32, w_off: u32, out_off: u32, b_off: u32, has_bias: u32,
+    tiles_m: u32, tiles_n: u32, total: u32, splits: u32, split_len: u32, out_len: u32,
+    tap_rows: u32, tap_cols: u32, tap_dh: i32, tap_dw: i32,
+    w_per_ch: u32, w_per_row: u32, w_per_col: u32, w_first: u32, _pad0: u32, _pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -48,50 +49,6 @@ struct Params {
 @group(0) @binding(2) var<storage, read> wt: array<f32>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
-
-override BM: u32 = 64u;
-override BN: u32 = 64u;
-override BK: u32 = 8u;
-override TM: u32 = 4u;
-override TN: u32 = 4u;
-override WG: u32 = (BM / TM) * (BN / TN);
-// A rows each invocation stages (2 when the workgroup has half as many invocations as the tile
-// has rows, else 1) and the step between its reduction indices.
-override RA: u32 = (BM + WG - 1u) / WG;
-override SA: u32 = (WG + BM - 1u) / BM;
-// A and B elements each invocation stages per step (at most 16 and 8; the host checks).
-override NA: u32 = BK * BM / WG;
-override NB: u32 = BK * BN / WG;
-// A 1x1 kernel without padding: the GEMM is plain (one tap per channel, always in bounds).
-override POINTWISE: bool = false;
-
-// The tiles hold vec4 rows so that the inner loop reads a whole vec4 per access.
-var<workgroup> a_tile: array<vec4<f32>, BK * BM / 4u>;
-var<workgroup> b_tile: array<vec4<f32>, BK * BN / 4u>;
-
-// A position on the reduction lattice: tap row t and column s, and the offset q * per_ch of
-// channel q.
-struct Walk { t: u32, s: u32, ch: u32 }
-
-fn walk_start(r: u32, per_ch: u32) -> Walk {
-    // A dx phase without taps (reduce = 0) has an empty lattice: nothing is read, but the
-    // divisions must not be by zero.
-    let cols = max(p.tap_cols, 1u);
-    let taps = max(p.tap_rows, 1u) * cols;
-    return Walk((r % taps) / cols, r % cols, (r / taps) * per_ch);
-}
-
-// Moves the walk `by` indices on, without a division or a branch.
-fn walk_on(w: ptr<function, Walk>, by: u32, per_ch: u32) {
-    for (var k = 0u; k < by; k++) {
-        let wrap_s = (*w).s + 1u == p.tap_cols;
-        (*w).s = select((*w).s + 1u, 0u, wrap_s);
-        let t = (*w).t + u32(wrap_s);
-        let wrap_t = t == p.tap_rows;
-        (*w).t = select(t, 0u, wrap_t);
-        (*w).ch += select(0u, per_ch, wrap_t);
-    }
-}
 
 // An A row this invocation stages: whether it exists, the activation row and column of its
 // tap origin, and the origin's offset.
@@ -122,7 +79,7 @@ fn fetch_a(r: u32, r_count: u32, wa: ptr<function, Walk>, rows: ptr<function, ar
             }
         }
         if (!POINTWISE) {
-            walk_on(wa, SA, p.in_h * p.in_w);
+            walk_on(wa, SA, p.in_h * p.in_w, p.tap_rows, p.tap_cols);
         }
     }
     return v;
@@ -146,7 +103,7 @@ fn fetch_b(r: u32, r_count: u32, wb: ptr<function, Walk>, col_ok: bool, w_base: 
         if (col_ok && ri < r_count) {
             v[i] = wt[w_base + (*wb).ch + (*wb).t * p.w_per_row + (*wb).s * p.w_per_col];
         }
-        walk_on(wb, WG / BN, p.w_per_ch);
+        walk_on(wb, WG / BN, p.w_per_ch, p.tap_rows, p.tap_cols);
     }
     return v;
 }
@@ -154,18 +111,15 @@ fn fetch_b(r: u32, r_count: u32, wb: ptr<function, Walk>, col_ok: bool, w_base: 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) tid: u32) {
-    let item = wid.x + wid.y * nwg.x;
+    let item = workgroup_item(wid, nwg);
     if (item >= p.total) {
         return;
     }
-    let tiles = p.tiles_m * p.tiles_n * p.groups;
-    let tile = item % tiles;
-    let split = item / tiles;
-    let tm_ = tile % p.tiles_m;
-    let tn_ = (tile / p.tiles_m) % p.tiles_n;
-    let g = tile / (p.tiles_m * p.tiles_n);
-    let m0 = tm_ * BM;
-    let col0 = tn_ * BN;
+    let id = tile_id(item, p.tiles_m, p.tiles_n, p.groups);
+    let m0 = id.m0;
+    let col0 = id.n0;
+    let g = id.g;
+    let split = id.split;
     let plane = p.rows * p.cols;
     let m_count = p.n * plane;
     let r_begin = split * p.split_len;
@@ -190,18 +144,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 
     let tx = tid % (BM / TM);
     let ty = tid / (BM / TM);
-    // acc[2 * i + jj] holds block row i (of TM), columns 4 * jj .. 4 * jj + 3 (of TN).
-    var acc: array<vec4<f32>, 16>;
-    for (var i = 0u; i < 16u; i++) {
-        acc[i] = vec4<f32>(0.0);
-    }
+    var acc = zero_block();
 
     // The bias of this invocation's columns, read up front: reading it in the epilogue's loops
     // made one driver (NVIDIA) keep the accumulators in local memory, 8x slower.
     var bvals: array<vec4<f32>, 2>;
     for (var jj = 0u; jj < 2u; jj++) {
         for (var cc = 0u; cc < 4u; cc++) {
-            let col = col0 + jj * (BN / 2u) + 4u * ty + cc;
+            let col = col0 + block_col(jj, cc, ty);
             var bv = 0.0;
             if (p.has_bias != 0u && split == 0u && col < p.out_cg) {
                 bv = bias[p.b_off + g * p.out_cg + col];
@@ -213,8 +163,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     // arithmetic of step r0, so their latency hides behind it.
     let ra = r_begin + tid / BM;
     let rb = r_begin + tid / BN;
-    var wa = walk_start(ra, p.in_h * p.in_w);
-    var wb = walk_start(rb, p.w_per_ch);
+    var wa = walk_start(ra, p.in_h * p.in_w, p.tap_rows, p.tap_cols);
+    var wb = walk_start(rb, p.w_per_ch, p.tap_rows, p.tap_cols);
     var pa = fetch_a(ra, r_count, &wa, &arows);
     var pb = fetch_b(rb, r_count, &wb, col_ok, w_base);
     for (var r0 = r_begin; r0 < r_count; r0 += BK) {
@@ -233,35 +183,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             pa = fetch_a(ra + (r0 + BK - r_begin), r_count, &wa, &arows);
             pb = fetch_b(rb + (r0 + BK - r_begin), r_count, &wb, col_ok, w_base);
         }
-        for (var kk = 0u; kk < BK; kk++) {
-            let b0 = b_tile[(kk * BN) / 4u + ty];
-            var b1 = vec4<f32>(0.0);
-            if (TN == 8u) {
-                b1 = b_tile[(kk * BN + BN / 2u) / 4u + ty];
-            }
-            for (var half = 0u; half < TM / 4u; half++) {
-                let a = a_tile[(kk * BM + half * (BM / 2u)) / 4u + tx];
-                let i0 = 8u * half;
-                acc[i0] = fma(vec4<f32>(a.x), b0, acc[i0]);
-                acc[i0 + 2u] = fma(vec4<f32>(a.y), b0, acc[i0 + 2u]);
-                acc[i0 + 4u] = fma(vec4<f32>(a.z), b0, acc[i0 + 4u]);
-                acc[i0 + 6u] = fma(vec4<f32>(a.w), b0, acc[i0 + 6u]);
-                if (TN == 8u) {
-                    acc[i0 + 1u] = fma(vec4<f32>(a.x), b1, acc[i0 + 1u]);
-                    acc[i0 + 3u] = fma(vec4<f32>(a.y), b1, acc[i0 + 3u]);
-                    acc[i0 + 5u] = fma(vec4<f32>(a.z), b1, acc[i0 + 5u]);
-                    acc[i0 + 7u] = fma(vec4<f32>(a.w), b1, acc[i0 + 7u]);
-                }
-            }
-        }
+        multiply_tiles(&acc, tx, ty);
         workgroupBarrier();
     }
 
     let out_plane = p.out_h * p.out_w;
     let out_base = p.out_off + split * p.out_len;
     for (var i = 0u; i < TM; i++) {
-        // Block row i: 4 * tx + i % 4, in the upper or lower half of the tile.
-        let om = m0 + (i / 4u) * (BM / 2u) + 4u * tx + i % 4u;
+        let om = m0 + block_row(i, tx);
         if (om >= m_count) {
             continue;
         }
@@ -272,7 +201,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         for (var jj = 0u; jj < TN / 4u; jj++) {
             let v = acc[2u * i + jj];
             for (var cc = 0u; cc < 4u; cc++) {
-                let col = col0 + jj * (BN / 2u) + 4u * ty + cc;
+                let col = col0 + block_col(jj, cc, ty);
                 if (col >= p.out_cg) {
                     continue;
                 }

@@ -7,6 +7,8 @@
 //   linear dx       dx = dy · w     : a = dy [N, out], b = w [out, in]
 //   linear dW       dW = dyᵀ · x    : a = dy [N, out] (trans_a), b = x [N, in]
 
+// #include lib/ids.wgsl
+
 struct Params {
     m: u32, n: u32, k: u32, trans_a: u32,
     trans_b: u32, has_bias: u32, _pad0: u32, _pad1: u32,
@@ -54,7 +56,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         @builtin(local_invocation_index) lid: u32) {
     let tiles_n = (p.n + BN - 1u) / BN;
     let tiles_m = (p.m + BM - 1u) / BM;
-    let tile = wid.x + wid.y * nwg.x;
+    let tile = workgroup_item(wid, nwg);
     // Uniform per workgroup, so the barriers below stay in uniform control flow.
     if (tile >= tiles_m * tiles_n) {
         return;

@@ -3,20 +3,12 @@
 // PyTorch's scan: ties keep the first maximum, NaN wins (the last NaN), an all -inf window reports
 // its first in-bounds element. Indices are flat h * W + w positions in the input plane.
 
-struct Params {
-    planes: u32, h: u32, w: u32, oh: u32,
-    ow: u32, kh: u32, kw: u32, stride_h: u32,
-    stride_w: u32, pad_h: u32, pad_w: u32, dil_h: u32,
-    dil_w: u32, count_include_pad: u32, in_off: u32, idx_off: u32,
-    out_off: u32, total: u32, _pad0: u32, _pad1: u32,
-}
+// #include lib/pool_params.wgsl
+// #include lib/per_element.wgsl
 
-@group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;
 @group(0) @binding(3) var<storage, read_write> indices: array<u32>;
-
-override WG: u32 = 64u;
 
 // First in-bounds tap of a window starting at `start` (step = dilation).
 fn first_tap(start: i32, dil: u32) -> u32 {
@@ -34,10 +26,7 @@ fn is_nan(v: f32) -> bool {
     return (b & 0x7f800000u) == 0x7f800000u && (b & 0x007fffffu) != 0u;
 }
 
-@compute @workgroup_size(WG)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) lid: u32) {
-    let idx = (wid.x + wid.y * nwg.x) * WG + lid;
+fn element(idx: u32) {
     if (idx >= p.total) {
         return;
     }

@@ -1,6 +1,8 @@
 // Second pass of the dW and db reductions: out[e] (+)= sum over s of partial[s * elems + e],
 // added in split order so the result is the same on every run.
 
+// #include lib/per_element.wgsl
+
 struct Params {
     elems: u32, splits: u32, accumulate: u32, out_off: u32,
 }
@@ -9,12 +11,7 @@ struct Params {
 @group(0) @binding(1) var<storage, read> partial: array<f32>;
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
 
-override WG: u32 = 64u;
-
-@compute @workgroup_size(WG)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) lid: u32) {
-    let e = (wid.x + wid.y * nwg.x) * WG + lid;
+fn element(e: u32) {
     if (e >= p.elems) {
         return;
     }

@@ -1,21 +1,14 @@
 // ReLU backward: dx = dy where the forward input x > 0, else 0 (PyTorch's threshold_backward:
 // a NaN input passes no gradient). One invocation per element.
 
-struct Params {
-    total: u32, a_off: u32, b_off: u32, out_off: u32,
-}
+// #include lib/per_element.wgsl
 
-@group(0) @binding(0) var<uniform> p: Params;
+// #include lib/elt_params.wgsl
 @group(0) @binding(1) var<storage, read> dy: array<f32>;
 @group(0) @binding(2) var<storage, read> x: array<f32>;
 @group(0) @binding(3) var<storage, read_write> dx: array<f32>;
 
-override WG: u32 = 64u;
-
-@compute @workgroup_size(WG)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) lid: u32) {
-    let i = (wid.x + wid.y * nwg.x) * WG + lid;
+fn element(i: u32) {
     if (i >= p.total) {
         return;
     }

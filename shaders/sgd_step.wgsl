@@ -4,6 +4,8 @@
 //   p = p - lr * g
 // One invocation per element.
 
+// #include lib/per_element.wgsl
+
 struct Params {
     total: u32, p_off: u32, g_off: u32, buf_off: u32,
     lr: f32, momentum: f32, weight_decay: f32, first_step: u32,
@@ -15,12 +17,7 @@ struct Params {
 @group(0) @binding(2) var<storage, read> grad: array<f32>;
 @group(0) @binding(3) var<storage, read_write> buf: array<f32>;
 
-override WG: u32 = 64u;
-
-@compute @workgroup_size(WG)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) lid: u32) {
-    let i = (wid.x + wid.y * nwg.x) * WG + lid;
+fn element(i: u32) {
     if (i >= p.total) {
         return;
     }

@@ -4,11 +4,7 @@
 // (exp(z - m) / s - onehot) / rows. The row losses are summed with a fixed tree, so the loss is
 // the same on every run. A label >= cols makes its row's loss and gradient NaN.
 
-struct Params {
-    rows: u32, cols: u32, _pad0: u32, _pad1: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
+// #include lib/rows_params.wgsl
 @group(0) @binding(1) var<storage, read> logits: array<f32>;
 @group(0) @binding(2) var<storage, read> labels: array<u32>;
 @group(0) @binding(3) var<storage, read_write> loss: array<f32>;

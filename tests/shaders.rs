@@ -1,11 +1,12 @@
-//! Every shader in `shaders/` is valid WGSL, translates to SPIR-V, MSL, HLSL and GLSL with naga
-//! (no GPU needed), and its `Params` struct matches the Rust params block byte for byte.
+//! Every shader in `shaders/`, joined with the `shaders/lib/` pieces it includes, is valid WGSL,
+//! translates to SPIR-V, MSL, HLSL and GLSL with naga (no GPU needed), its `Params` struct
+//! matches the Rust params block byte for byte, and its bindings match its kernel table row.
 
 use std::path::Path;
 
 use naga::back;
 use naga::valid::{Capabilities, ValidationFlags, Validator};
-use wgconv::gpu::kernels::{Kernel, Tile};
+use wgconv::gpu::kernels::{Access, Kernel, TABLE, Tile, source};
 
 fn validate(module: &naga::Module) -> naga::valid::ModuleInfo {
     Validator::new(ValidationFlags::all(), Capabilities::default())
@@ -89,24 +90,25 @@ fn every_shader_validates_and_translates() {
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "wgsl") {
-            let source = std::fs::read_to_string(&path).unwrap();
+            let file = std::fs::read_to_string(&path).unwrap();
             // The overrides' own defaults.
-            translate_all(&path.display().to_string(), &source, &[]);
+            translate_all(&path.display().to_string(), &source::assemble(&file), &[]);
             count += 1;
         }
     }
-    let names: std::collections::HashSet<&str> = Kernel::ALL.iter().map(|k| k.name()).collect();
-    assert!(count >= names.len(), "found {count} shaders");
+    assert_eq!(count, TABLE.len(), "one shader file per kernel table row");
 }
 
-/// Every kernel the library loads is one of the files checked above, byte for byte, and
-/// translates with the override values the library gives it, for every tile it can pick.
+/// Every kernel the library loads is its shader file, byte for byte, joined with the library
+/// pieces it includes, and translates with the override values the library gives it, for every
+/// tile it can pick.
 #[test]
 fn kernels_load_the_shader_files() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
     for k in Kernel::ALL {
         let file = std::fs::read_to_string(dir.join(format!("{}.wgsl", k.name()))).unwrap();
-        assert_eq!(file, k.source(), "{}", k.name());
+        assert_eq!(file, k.def().file, "{}", k.name());
+        assert_eq!(source::assemble(&file), k.source(), "{}", k.name());
         translate_all(k.name(), k.source(), &k.constants());
     }
     for tile in Tile::CANDIDATES {
@@ -118,6 +120,79 @@ fn kernels_load_the_shader_files() {
                 &k.constants(),
             );
         }
+    }
+}
+
+/// Every include line of every kernel names a library piece, the library pieces are the files
+/// under `shaders/lib/`, and each is used by some kernel.
+#[test]
+fn includes_resolve_to_the_library() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders/lib");
+    for (path, text) in source::LIBRARY {
+        let file = std::fs::read_to_string(dir.join(path.trim_start_matches("lib/"))).unwrap();
+        assert_eq!(file, text, "{path}");
+        assert!(
+            TABLE
+                .iter()
+                .any(|row| source::includes(row.file).any(|p| p == path)),
+            "{path} is included by no kernel"
+        );
+    }
+    assert_eq!(
+        std::fs::read_dir(&dir).unwrap().count(),
+        source::LIBRARY.len()
+    );
+    for row in &TABLE {
+        for path in source::includes(row.file) {
+            assert!(
+                source::library(path).is_some(),
+                "{}: unknown include {path}",
+                row.name
+            );
+        }
+    }
+}
+
+/// Each kernel's bindings, as naga reads its WGSL, are the table row's: the params block as
+/// uniform 0 (a `Params` struct), then its storage bindings in order with their access, and
+/// nothing else.
+#[test]
+fn bindings_are_pinned() {
+    for k in Kernel::ALL {
+        let module = naga::front::wgsl::parse_str(k.source()).unwrap();
+        let mut found: Vec<(u32, String)> = module
+            .global_variables
+            .iter()
+            .filter_map(|(_, v)| {
+                let b = v.binding.as_ref()?;
+                assert_eq!(b.group, 0, "{}: group", k.name());
+                let what = match v.space {
+                    naga::AddressSpace::Uniform => {
+                        let ty = &module.types[v.ty];
+                        format!("uniform {}", ty.name.clone().unwrap_or_default())
+                    }
+                    naga::AddressSpace::Storage { access } => {
+                        if access.contains(naga::StorageAccess::STORE) {
+                            "read_write".to_string()
+                        } else {
+                            "read".to_string()
+                        }
+                    }
+                    ref other => format!("{other:?}"),
+                };
+                Some((b.binding, what))
+            })
+            .collect();
+        found.sort();
+        let mut want = vec![(0, "uniform Params".to_string())];
+        for (i, a) in k.def().bindings.iter().enumerate() {
+            let access = match a {
+                Access::Read => "read",
+                Access::ReadWrite => "read_write",
+            };
+            want.push((i as u32 + 1, access.to_string()));
+        }
+        assert_eq!(found, want, "{}: bindings", k.name());
     }
 }
 

@@ -5,7 +5,7 @@
 use ndarray::{ArrayD, Ix1, Ix2};
 
 use super::check::verdict;
-use super::conv::to_u32;
+use super::kernels::to_u32;
 use super::kernels::{EltParams, Kernel, MatmulParams, RowsParams, SgdParams};
 use super::tensor::Raw;
 use super::{Bind, Dispatch, Gpu, IndexTensor, Tensor};

@@ -1,0 +1,350 @@
+//! [`GpuBuilder`]: the options of a [`Gpu`], read from the builder and the environment, and
+//! the choice of adapter.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::buffers::Pool;
+use super::kernels::{PipelineCache, Tile};
+use super::plan::{DeviceProfile, ProfileOptions};
+use super::{Gpu, NEXT_GPU_ID};
+use crate::error::{Error, Result};
+
+/// Configures a [`Gpu`]. Unset fields fall back to the environment (`WGPU_BACKEND`,
+/// `WGPU_ADAPTER_NAME`, `WGPU_POWER_PREF`, `WGCONV_CHECK`), then to defaults.
+///
+/// ```no_run
+/// # fn main() -> wgconv::Result<()> {
+/// let gpu = wgconv::Gpu::builder()
+///     .adapter_name("llvmpipe")
+///     .checked(true)
+///     .build()?;
+/// println!("{}", gpu.adapter_info().name);
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct GpuBuilder {
+    backends: Option<wgpu::Backends>,
+    adapter_name: Option<String>,
+    power_preference: Option<wgpu::PowerPreference>,
+    checked: Option<bool>,
+    poison_outputs: Option<bool>,
+    poll_timeout: Option<Duration>,
+    max_binding_bytes: Option<u64>,
+    pool_limit_bytes: Option<u64>,
+    algorithm: Option<Algorithm>,
+    tile: Option<Tile>,
+    runtime_checks: Option<bool>,
+    split_target: Option<usize>,
+}
+
+/// Which conv kernels the ops run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Algorithm {
+    /// The first kernels: one invocation per output element, loops over the window.
+    Direct,
+    /// Implicit GEMM with workgroup tiles (the default).
+    #[default]
+    Tiled,
+}
+
+impl Algorithm {
+    fn from_env() -> Result<Option<Algorithm>> {
+        match std::env::var("WGCONV_ALGO").as_deref().map(str::trim) {
+            Err(_) | Ok("") => Ok(None),
+            Ok("direct") => Ok(Some(Algorithm::Direct)),
+            Ok("tiled") => Ok(Some(Algorithm::Tiled)),
+            Ok(other) => Err(Error::InvalidArgument(format!(
+                "WGCONV_ALGO={other:?} is not one of direct, tiled"
+            ))),
+        }
+    }
+}
+
+impl GpuBuilder {
+    /// Backends to search (overrides `WGPU_BACKEND`).
+    pub fn backends(mut self, backends: wgpu::Backends) -> Self {
+        self.backends = Some(backends);
+        self
+    }
+    /// Pick the first adapter whose name contains this, ignoring case (overrides
+    /// `WGPU_ADAPTER_NAME`).
+    pub fn adapter_name(mut self, name: impl Into<String>) -> Self {
+        self.adapter_name = Some(name.into());
+        self
+    }
+    /// Prefer discrete (`HighPerformance`) or integrated (`LowPower`) adapters (overrides
+    /// `WGPU_POWER_PREF`).
+    pub fn power_preference(mut self, pref: wgpu::PowerPreference) -> Self {
+        self.power_preference = Some(pref);
+        self
+    }
+    /// Checked mode (overrides `WGCONV_CHECK=1`): every op also runs the CPU reference and
+    /// returns [`Error::CheckFailed`] when the results differ past `1e-4 · max(1, max|ref|)`.
+    /// Outputs are poisoned with NaN first, so an element a kernel forgot to write fails too.
+    pub fn checked(mut self, on: bool) -> Self {
+        self.checked = Some(on);
+        self
+    }
+    /// Fill every op's output with NaN (indices with `u32::MAX`) before the kernel runs; on by
+    /// default in checked mode.
+    pub fn poison_outputs(mut self, on: bool) -> Self {
+        self.poison_outputs = Some(on);
+        self
+    }
+    /// How long a download waits for the GPU before returning [`Error::Readback`] (default 60 s).
+    pub fn poll_timeout(mut self, timeout: Duration) -> Self {
+        self.poll_timeout = Some(timeout);
+        self
+    }
+    /// Lowers the largest storage binding the ops use below the device's
+    /// `max_storage_buffer_binding_size`, so that chunking can be exercised on small tensors.
+    pub fn max_binding_bytes(mut self, bytes: u64) -> Self {
+        self.max_binding_bytes = Some(bytes);
+        self
+    }
+    /// Which conv kernels to run (overrides `WGCONV_ALGO=direct|tiled`; default tiled).
+    pub fn algorithm(mut self, algorithm: Algorithm) -> Self {
+        self.algorithm = Some(algorithm);
+        self
+    }
+    /// The implicit-GEMM tile (overrides `WGCONV_TILE=bm,bn,bk,tm,tn`); by default chosen from
+    /// the adapter's limits and type.
+    pub fn tile(mut self, tile: Tile) -> Self {
+        self.tile = Some(tile);
+        self
+    }
+    /// Keep naga's runtime checks in the shaders (bounds clamping, loop bounding, division
+    /// guards; overrides `WGCONV_RUNTIME_CHECKS=0|1`). Off by default: the kernels check their
+    /// own indices against host-validated sizes, and the checks cost time in every loop.
+    pub fn runtime_checks(mut self, on: bool) -> Self {
+        self.runtime_checks = Some(on);
+        self
+    }
+    /// Workgroups an implicit GEMM should launch before its reduction is not split (split-K,
+    /// with a deterministic second pass): 528 on GPUs (four per SM of a large part), 0 (never
+    /// split) on CPU drivers. Tests raise it to exercise split-K on any adapter.
+    pub fn split_target(mut self, workgroups: usize) -> Self {
+        self.split_target = Some(workgroups);
+        self
+    }
+    /// Most bytes of free buffers the pool keeps for reuse (default 1 GiB).
+    pub fn pool_limit_bytes(mut self, bytes: u64) -> Self {
+        self.pool_limit_bytes = Some(bytes);
+        self
+    }
+
+    /// Selects the adapter and creates the device.
+    pub fn build(self) -> Result<Gpu> {
+        let backends = match self.backends {
+            Some(b) => b,
+            None => backends_from_env()?,
+        };
+        let name = self.adapter_name.or_else(|| {
+            std::env::var("WGPU_ADAPTER_NAME")
+                .ok()
+                .filter(|s| !s.is_empty())
+        });
+        let power = match self.power_preference {
+            Some(p) => Some(p),
+            None => power_from_env()?,
+        };
+        let runtime_checks = self.runtime_checks.unwrap_or_else(|| {
+            std::env::var("WGCONV_RUNTIME_CHECKS").is_ok_and(|v| !v.is_empty() && v != "0")
+        });
+        let checked = self.checked.unwrap_or_else(|| {
+            std::env::var("WGCONV_CHECK").is_ok_and(|v| !v.is_empty() && v != "0")
+        });
+
+        let algorithm = match self.algorithm {
+            Some(a) => a,
+            None => Algorithm::from_env()?.unwrap_or_default(),
+        };
+        let tile = match (self.tile, std::env::var("WGCONV_TILE")) {
+            (Some(t), _) => Some(t),
+            (None, Ok(v)) if !v.trim().is_empty() => Some(Tile::parse(&v).ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "WGCONV_TILE={v:?} is not a valid bm,bn,bk,tm,tn tile"
+                ))
+            })?),
+            _ => None,
+        };
+        if let Some(t) = tile
+            && !t.is_valid()
+        {
+            return Err(Error::InvalidArgument(format!("tile {t:?} is not valid")));
+        }
+
+        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+        desc.backends = backends;
+        let instance = wgpu::Instance::new(desc);
+        let adapter = select_adapter(&instance, backends, name.as_deref(), power)?;
+        let info = adapter.get_info();
+        let limits = adapter.limits();
+        let features = adapter.features() & wgpu::Features::TIMESTAMP_QUERY;
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("wgconv"),
+            required_features: features,
+            required_limits: limits.clone(),
+            ..Default::default()
+        }))
+        .map_err(|e| Error::Adapter(format!("requesting a device from {}: {e}", info.name)))?;
+
+        let lost = Arc::new(Mutex::new(None::<String>));
+        let lost_cb = lost.clone();
+        device.set_device_lost_callback(move |reason, message| {
+            *lost_cb.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some(format!("{reason:?}: {message}"));
+        });
+        let uncaptured = Arc::new(Mutex::new(None::<String>));
+        let uncaptured_cb = uncaptured.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            let mut slot = uncaptured_cb.lock().unwrap_or_else(|e| e.into_inner());
+            slot.get_or_insert_with(|| e.to_string());
+        }));
+
+        let profile = DeviceProfile::new(
+            &limits,
+            info.device_type,
+            &info.name,
+            ProfileOptions {
+                algorithm,
+                tile,
+                split_target: self.split_target,
+                max_binding_bytes: self.max_binding_bytes,
+            },
+        )?;
+        let pool = Arc::new(Mutex::new(Pool::new(
+            self.pool_limit_bytes.unwrap_or(1 << 30),
+            limits.max_buffer_size,
+        )));
+        let dummy = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("wgconv placeholder"),
+            size: 16,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
+        Ok(Gpu {
+            id: NEXT_GPU_ID.fetch_add(1, Ordering::Relaxed),
+            device,
+            queue,
+            info,
+            limits,
+            pipelines: PipelineCache::default(),
+            pool,
+            lost,
+            uncaptured,
+            dummy,
+            checked,
+            poison: self.poison_outputs.unwrap_or(checked),
+            poll_timeout: AtomicU64::new(nanos(
+                self.poll_timeout.unwrap_or(Duration::from_secs(60)),
+            )),
+            profiler: Mutex::new(None),
+            queue_lock: Mutex::new(()),
+            runtime_checks,
+            profile,
+        })
+    }
+}
+
+fn backends_from_env() -> Result<wgpu::Backends> {
+    match std::env::var("WGPU_BACKEND") {
+        Ok(v) if !v.trim().is_empty() => {
+            let b = wgpu::Backends::from_comma_list(&v);
+            if b.is_empty() {
+                Err(Error::Adapter(format!(
+                    "WGPU_BACKEND={v:?} names no known backend (vulkan, gl, metal, dx12)"
+                )))
+            } else {
+                Ok(b)
+            }
+        }
+        _ => Ok(wgpu::Backends::all()),
+    }
+}
+
+fn power_from_env() -> Result<Option<wgpu::PowerPreference>> {
+    let Ok(v) = std::env::var("WGPU_POWER_PREF") else {
+        return Ok(None);
+    };
+    match v.trim().to_ascii_lowercase().as_str() {
+        "" | "none" => Ok(None),
+        "low" | "low-power" | "lowpower" => Ok(Some(wgpu::PowerPreference::LowPower)),
+        "high" | "high-performance" | "highperformance" => {
+            Ok(Some(wgpu::PowerPreference::HighPerformance))
+        }
+        _ => Err(Error::Adapter(format!(
+            "WGPU_POWER_PREF={v:?} is not one of low, high, none"
+        ))),
+    }
+}
+
+/// A duration in nanoseconds, saturated to `u64` (585 years).
+pub(super) fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+pub(super) fn describe(info: &wgpu::AdapterInfo) -> String {
+    format!("{} ({:?}, {:?})", info.name, info.backend, info.device_type)
+}
+
+/// Enumerates the adapters of `backends`, keeps those whose name contains `name`, and picks the
+/// best by device type for the power preference.
+fn select_adapter(
+    instance: &wgpu::Instance,
+    backends: wgpu::Backends,
+    name: Option<&str>,
+    power: Option<wgpu::PowerPreference>,
+) -> Result<wgpu::Adapter> {
+    let adapters = pollster::block_on(instance.enumerate_adapters(backends));
+    if adapters.is_empty() {
+        return Err(Error::Adapter(format!(
+            "no GPU adapter found for backends {backends:?}. Without a GPU, install Mesa's \
+             software drivers: `apt-get install mesa-vulkan-drivers` (Vulkan lavapipe) and \
+             `libegl-mesa0 libgl1-mesa-dri` (GL llvmpipe), then select one with \
+             WGPU_BACKEND=vulkan or WGPU_BACKEND=gl"
+        )));
+    }
+    let all: Vec<String> = adapters.iter().map(|a| describe(&a.get_info())).collect();
+    let matching: Vec<wgpu::Adapter> = match name {
+        Some(n) => {
+            let n = n.to_lowercase();
+            adapters
+                .into_iter()
+                .filter(|a| a.get_info().name.to_lowercase().contains(&n))
+                .collect()
+        }
+        None => adapters,
+    };
+    use wgpu::DeviceType as T;
+    let rank = |t: T| -> u8 {
+        match (power, t) {
+            (Some(wgpu::PowerPreference::LowPower), T::IntegratedGpu) => 5,
+            (Some(wgpu::PowerPreference::LowPower), T::DiscreteGpu) => 4,
+            (_, T::DiscreteGpu) => 5,
+            (_, T::IntegratedGpu) => 4,
+            (_, T::VirtualGpu) => 3,
+            (_, T::Cpu) => 2,
+            (_, T::Other) => 1,
+        }
+    };
+    // Stable: among equals the first enumerated wins.
+    let mut best: Option<wgpu::Adapter> = None;
+    for a in matching {
+        let better = best
+            .as_ref()
+            .is_none_or(|b| rank(a.get_info().device_type) > rank(b.get_info().device_type));
+        if better {
+            best = Some(a);
+        }
+    }
+    best.ok_or_else(|| {
+        Error::Adapter(format!(
+            "no adapter name contains {:?}; available: {}",
+            name.unwrap_or_default(),
+            all.join(", ")
+        ))
+    })
+}

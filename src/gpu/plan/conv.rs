@@ -1,0 +1,623 @@
+//! Plans of conv2d forward, dx, dW and db: which kernels, tiles, splits and chunks, as the
+//! dispatches they record.
+
+use super::phases::{Lattice, Phase, dx_phases};
+use super::rules::{
+    backward_input_uses_gemm, dw_tile, element_rows, forward_uses_gemm, gemm_tile, partial_splits,
+    reduction_splits, tiled_dw_splits, use_depthwise,
+};
+use super::{DeviceProfile, Role, Slot, Step};
+use crate::error::Result;
+use crate::gpu::kernels::{
+    ConvParams, DEPTHWISE_TAPS, GemmParams, Kernel, ReduceParams, Tile, overflow, to_i32_bits,
+    to_u32,
+};
+use crate::spec::Conv2dGeometry;
+
+/// The kernels a conv op runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvAlgorithm {
+    /// The implicit GEMM (`conv2d_gemm.wgsl`, `conv2d_backward_weight_tiled.wgsl`).
+    Gemm,
+    /// The depthwise kernels (one input channel per group).
+    Depthwise,
+    /// The first, direct kernels (one invocation per output, one workgroup per dW element).
+    Direct,
+}
+
+/// What a conv op will record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConvPlan {
+    /// The kernels.
+    pub algorithm: ConvAlgorithm,
+    /// The GEMM's tile, if it runs one.
+    pub tile: Option<Tile>,
+    /// Splits of the reduction: split-K of the forward and dx GEMMs (1: none), or of the
+    /// largest batch chunk of dW and db.
+    pub splits: usize,
+    /// Batch chunks `(n0, n1)`, each within one storage binding.
+    pub chunks: Vec<(usize, usize)>,
+    /// Stride phases dx runs as GEMMs (0 for the other ops and kernels).
+    pub phases: usize,
+    /// Elements of scratch ([`Role::Partial`]) the dispatches need, and what they hold; `None`
+    /// when there is none.
+    pub scratch: Option<(usize, &'static str)>,
+    /// The dispatches, in order.
+    pub steps: Vec<Step>,
+}
+
+fn params_bytes<T: bytemuck::Pod>(p: &T) -> Vec<u8> {
+    bytemuck::bytes_of(p).to_vec()
+}
+
+/// The params block of a geometry; per-chunk fields (`n`, offsets, `total`) are set by callers.
+fn conv_params(g: &Conv2dGeometry) -> Result<ConvParams> {
+    let p = g.padding;
+    to_u32(g.h + p.top + p.bottom, "padded input height")?;
+    to_u32(g.w + p.left + p.right, "padded input width")?;
+    Ok(ConvParams {
+        c: to_u32(g.c, "C")?,
+        h: to_u32(g.h, "H")?,
+        w: to_u32(g.w, "W")?,
+        k: to_u32(g.k, "K")?,
+        kh: to_u32(g.kh, "kh")?,
+        kw: to_u32(g.kw, "kw")?,
+        groups: to_u32(g.groups, "groups")?,
+        oh: to_u32(g.oh, "OH")?,
+        ow: to_u32(g.ow, "OW")?,
+        cg: to_u32(g.cg(), "C/groups")?,
+        kg: to_u32(g.kg(), "K/groups")?,
+        stride_h: to_u32(g.stride[0], "stride_h")?,
+        stride_w: to_u32(g.stride[1], "stride_w")?,
+        dil_h: to_u32(g.dilation[0], "dilation_h")?,
+        dil_w: to_u32(g.dilation[1], "dilation_w")?,
+        pad_top: to_u32(p.top, "padding top")?,
+        pad_left: to_u32(p.left, "padding left")?,
+        ..Default::default()
+    })
+}
+
+/// The second pass of a split reduction: `out[out_off + e] (+)= Σ_s partial[s][e]`.
+fn reduce_step(
+    partial: Slot,
+    out: Slot,
+    out_off: u32,
+    elems: usize,
+    splits: usize,
+    accumulate: bool,
+) -> Step {
+    let params = ReduceParams {
+        elems: elems as u32,
+        splits: splits as u32,
+        accumulate: accumulate as u32,
+        out_off,
+    };
+    Step {
+        kernel: Kernel::ReducePartials,
+        params: params_bytes(&params),
+        binds: vec![partial, out],
+        items: elems as u64,
+    }
+}
+
+/// One pass of `conv2d_gemm.wgsl` over a batch chunk (see the shader for the meaning).
+struct GemmJob {
+    n: usize,
+    rows: usize,
+    cols: usize,
+    groups: usize,
+    in_c: usize,
+    in_cg: usize,
+    in_hw: [usize; 2],
+    a_step: [usize; 2],
+    base: [i64; 2],
+    out_c: usize,
+    out_cg: usize,
+    out_hw: [usize; 2],
+    o_step: [usize; 2],
+    first: [usize; 2],
+    reduce: usize,
+    w_group: usize,
+    w_col: usize,
+    lattice: Lattice,
+    /// A 1x1 kernel without padding: one tap per channel, always in bounds.
+    pointwise: bool,
+}
+
+impl GemmJob {
+    /// Workgroup tiles of one split.
+    fn tiles(&self, tile: Tile) -> usize {
+        (self.n * self.rows * self.cols).div_ceil(tile.bm as usize)
+            * self.out_cg.div_ceil(tile.bn as usize)
+            * self.groups
+    }
+
+    /// The dispatch of this job; `binds` are activation, weight, bias and output. `split` is
+    /// `(splits, out_len)`: with more than one split, each writes its partial sums `out_len`
+    /// elements after the previous one's.
+    fn step(
+        &self,
+        tile: Tile,
+        binds: [Slot; 4],
+        offsets: (u32, u32),
+        has_bias: bool,
+        split: (usize, usize),
+    ) -> Result<Step> {
+        let (act_off, out_off) = offsets;
+        let lat = self.lattice;
+        // The farthest tap's shift, which the kernel forms as t * tap_dh in i32.
+        for a in 0..2 {
+            let far = lat.shift[a].unsigned_abs() as u128 * lat.taps[a].saturating_sub(1) as u128;
+            if far > i32::MAX as u128 {
+                return Err(overflow("tap shift"));
+            }
+        }
+        let (splits, out_len) = split;
+        let total = self.tiles(tile) * splits;
+        let split_len = self
+            .reduce
+            .div_ceil(splits)
+            .div_ceil(tile.bk as usize)
+            .max(1)
+            * tile.bk as usize;
+        let params = GemmParams {
+            n: to_u32(self.n, "batch chunk")?,
+            rows: to_u32(self.rows, "rows")?,
+            cols: to_u32(self.cols, "columns")?,
+            groups: to_u32(self.groups, "groups")?,
+            in_c: to_u32(self.in_c, "input channels")?,
+            in_cg: to_u32(self.in_cg, "input channels per group")?,
+            in_h: to_u32(self.in_hw[0], "input height")?,
+            in_w: to_u32(self.in_hw[1], "input width")?,
+            a_step_h: to_u32(self.a_step[0], "row step")?,
+            a_step_w: to_u32(self.a_step[1], "column step")?,
+            base_h: to_i32_bits(self.base[0], "base row")?,
+            base_w: to_i32_bits(self.base[1], "base column")?,
+            out_c: to_u32(self.out_c, "output channels")?,
+            out_cg: to_u32(self.out_cg, "output channels per group")?,
+            out_h: to_u32(self.out_hw[0], "output height")?,
+            out_w: to_u32(self.out_hw[1], "output width")?,
+            o_step_h: to_u32(self.o_step[0], "output row step")?,
+            o_step_w: to_u32(self.o_step[1], "output column step")?,
+            first_h: to_u32(self.first[0], "first row")?,
+            first_w: to_u32(self.first[1], "first column")?,
+            reduce: to_u32(self.reduce, "reduction length")?,
+            w_group: to_u32(self.w_group, "weights per group")?,
+            w_col: to_u32(self.w_col, "weights per column")?,
+            act_off,
+            w_off: 0,
+            out_off,
+            b_off: 0,
+            has_bias: has_bias as u32,
+            tiles_m: to_u32(
+                (self.n * self.rows * self.cols).div_ceil(tile.bm as usize),
+                "row tiles",
+            )?,
+            tiles_n: to_u32(self.out_cg.div_ceil(tile.bn as usize), "column tiles")?,
+            total: to_u32(total, "tiles")?,
+            splits: to_u32(splits, "splits")?,
+            split_len: to_u32(split_len, "split length")?,
+            out_len: to_u32(out_len, "partial length")?,
+            tap_rows: to_u32(lat.taps[0], "tap rows")?,
+            tap_cols: to_u32(lat.taps[1], "tap columns")?,
+            tap_dh: to_i32_bits(lat.shift[0], "tap row shift")?,
+            tap_dw: to_i32_bits(lat.shift[1], "tap column shift")?,
+            w_per_ch: to_u32(lat.w_steps[0], "weights per channel")?,
+            w_per_row: to_u32(lat.w_steps[1], "weights per tap row")?,
+            w_per_col: to_u32(lat.w_steps[2], "weights per tap column")?,
+            w_first: to_u32(lat.w_first, "first weight")?,
+            _pad0: 0,
+            _pad1: 0,
+        };
+        Ok(Step {
+            kernel: Kernel::Conv2dGemm(tile, self.pointwise),
+            params: params_bytes(&params),
+            binds: binds.to_vec(),
+            items: total as u64,
+        })
+    }
+}
+
+/// The dispatches of implicit-GEMM jobs that together write one batch chunk of `elems`
+/// outputs into `out` (at element `out_off` of its window): straight into it with one split,
+/// else into the partial buffer and summed into it by a second pass.
+#[allow(clippy::too_many_arguments)]
+fn gemm_chunk(
+    steps: &mut Vec<Step>,
+    jobs: &[GemmJob],
+    tile: Tile,
+    inputs: [Slot; 3],
+    act_off: u32,
+    out: (Slot, u32),
+    elems: usize,
+    has_bias: bool,
+    splits: usize,
+) -> Result<()> {
+    let [act, w, b] = inputs;
+    let (target, off, len) = if splits > 1 {
+        (Slot::whole(Role::Partial, splits * elems), 0, elems)
+    } else {
+        (out.0, out.1, 0)
+    };
+    for job in jobs {
+        let binds = [act, w, b, target];
+        steps.push(job.step(tile, binds, (act_off, off), has_bias, (splits, len))?);
+    }
+    if splits > 1 {
+        steps.push(reduce_step(target, out.0, out.1, elems, splits, false));
+    }
+    Ok(())
+}
+
+/// Scratch of split-K partial outputs (none for one split).
+fn partial_scratch(splits: usize, elems: usize) -> Option<(usize, &'static str)> {
+    (splits > 1).then_some((splits * elems, "split-K partial sums"))
+}
+
+/// The forward `y = conv2d(x, w) + bias` of a geometry with `n > 0`.
+pub fn conv2d_forward(p: &DeviceProfile, g: &Conv2dGeometry, has_bias: bool) -> Result<ConvPlan> {
+    let w_len = g.k * g.cg() * g.kh * g.kw;
+    p.check_bindable(w_len, "the weight")?;
+    let base = conv_params(g)?;
+    let (xu, yu) = (g.c * g.h * g.w, g.k * g.oh * g.ow);
+    let chunks = p.chunks(g.n, &[(xu, "input sample"), (yu, "output sample")])?;
+    let wb = Slot::whole(Role::W, w_len);
+    let bb = if has_bias {
+        Slot::whole(Role::Bias, g.k)
+    } else {
+        Slot::whole(Role::Dummy, 0)
+    };
+    let tiled = forward_uses_gemm(p, g);
+    let depthwise = use_depthwise(p, g, tiled);
+    let r = g.cg() * g.kh * g.kw;
+    let job = |n: usize| GemmJob {
+        n,
+        rows: g.oh,
+        cols: g.ow,
+        groups: g.groups,
+        in_c: g.c,
+        in_cg: g.cg(),
+        in_hw: [g.h, g.w],
+        a_step: g.stride,
+        base: [-(g.padding.top as i64), -(g.padding.left as i64)],
+        out_c: g.k,
+        out_cg: g.kg(),
+        out_hw: [g.oh, g.ow],
+        o_step: [1, 1],
+        first: [0, 0],
+        reduce: r,
+        w_group: g.kg() * r,
+        w_col: r,
+        lattice: Lattice {
+            taps: [g.kh, g.kw],
+            shift: [g.dilation[0] as i64, g.dilation[1] as i64],
+            w_steps: [g.kh * g.kw, g.kw, 1],
+            w_first: 0,
+        },
+        pointwise: g.is_pointwise(),
+    };
+    let tile = gemm_tile(p, g.kg());
+    let max_chunk = chunks.iter().map(|&(a, b)| b - a).max().unwrap_or(0);
+    let splits = if tiled {
+        partial_splits(p, job(max_chunk).tiles(tile), r, max_chunk * yu)
+    } else {
+        1
+    };
+    let mut steps = Vec::new();
+    for &(n0, n1) in &chunks {
+        let (xb, x_off) = p.window(Role::X, n0 * xu, n1 * xu);
+        let (yb, out_off) = p.window(Role::Out, n0 * yu, n1 * yu);
+        if tiled {
+            let elems = (n1 - n0) * yu;
+            let (inputs, out) = ([xb, wb, bb], (yb, out_off));
+            gemm_chunk(
+                &mut steps,
+                &[job(n1 - n0)],
+                tile,
+                inputs,
+                x_off,
+                out,
+                elems,
+                has_bias,
+                splits,
+            )?;
+            continue;
+        }
+        // Depthwise layers (one input channel per group, too few output channels per group for
+        // the GEMM) run on their own kernel, a strip of outputs per invocation; the rest of what
+        // the GEMM does not take on the direct kernel.
+        let kernel = if depthwise {
+            Kernel::Conv2dDepthwise
+        } else {
+            Kernel::Conv2dForward
+        };
+        let total = (n1 - n0) * g.k * element_rows(g.oh, depthwise) * g.ow;
+        let params = ConvParams {
+            n: (n1 - n0) as u32,
+            has_bias: has_bias as u32,
+            x_off,
+            out_off,
+            total: to_u32(total, "outputs per chunk")?,
+            ..base
+        };
+        steps.push(Step {
+            kernel,
+            params: params_bytes(&params),
+            binds: vec![xb, wb, bb, yb],
+            items: total as u64,
+        });
+    }
+    Ok(ConvPlan {
+        algorithm: algorithm(tiled, depthwise),
+        tile: tiled.then_some(tile),
+        splits,
+        scratch: partial_scratch(splits, max_chunk * yu),
+        chunks,
+        phases: 0,
+        steps,
+    })
+}
+
+fn algorithm(gemm: bool, depthwise: bool) -> ConvAlgorithm {
+    match (gemm, depthwise) {
+        (true, _) => ConvAlgorithm::Gemm,
+        (false, true) => ConvAlgorithm::Depthwise,
+        (false, false) => ConvAlgorithm::Direct,
+    }
+}
+
+/// dx, the transposed convolution of dy, of a geometry with `n > 0`.
+pub fn conv2d_backward_input(p: &DeviceProfile, g: &Conv2dGeometry) -> Result<ConvPlan> {
+    let w_len = g.k * g.cg() * g.kh * g.kw;
+    p.check_bindable(w_len, "the weight")?;
+    let base = conv_params(g)?;
+    let (xu, yu) = (g.c * g.h * g.w, g.k * g.oh * g.ow);
+    let chunks = p.chunks(g.n, &[(xu, "dx sample"), (yu, "dy sample")])?;
+    let wb = Slot::whole(Role::W, w_len);
+    let phases = backward_input_uses_gemm(p, g).then(|| dx_phases(g));
+    let depthwise = use_depthwise(p, g, phases.is_some());
+    let khw = g.kh * g.kw;
+    let job = |n: usize, ph: &Phase| GemmJob {
+        n,
+        rows: ph.rows[0],
+        cols: ph.rows[1],
+        groups: g.groups,
+        in_c: g.k,
+        in_cg: g.kg(),
+        in_hw: [g.oh, g.ow],
+        a_step: [1, 1],
+        base: ph.base,
+        out_c: g.c,
+        out_cg: g.cg(),
+        out_hw: [g.h, g.w],
+        o_step: g.stride,
+        first: ph.first,
+        reduce: ph.reduce,
+        w_group: g.kg() * g.cg() * khw,
+        w_col: khw,
+        lattice: ph.lattice,
+        pointwise: g.is_pointwise(),
+    };
+    let tile = gemm_tile(p, g.cg());
+    let max_chunk = chunks.iter().map(|&(a, b)| b - a).max().unwrap_or(0);
+    // One split count for all phases of a chunk (one second pass sums them), sized by the
+    // largest phase.
+    let splits = match &phases {
+        Some(phases) => {
+            let (tiles, reduce) = phases
+                .iter()
+                .map(|ph| (job(max_chunk, ph).tiles(tile), ph.reduce))
+                .max()
+                .unwrap_or((0, 0));
+            partial_splits(p, tiles, reduce, max_chunk * xu)
+        }
+        None => 1,
+    };
+    let mut steps = Vec::new();
+    for &(n0, n1) in &chunks {
+        let (dyb, dy_off) = p.window(Role::Dy, n0 * yu, n1 * yu);
+        let (dxb, out_off) = p.window(Role::Out, n0 * xu, n1 * xu);
+        let nc = n1 - n0;
+        if let Some(phases) = &phases {
+            let jobs: Vec<GemmJob> = phases.iter().map(|ph| job(nc, ph)).collect();
+            let inputs = [dyb, wb, Slot::whole(Role::Dummy, 0)];
+            gemm_chunk(
+                &mut steps,
+                &jobs,
+                tile,
+                inputs,
+                dy_off,
+                (dxb, out_off),
+                nc * xu,
+                false,
+                splits,
+            )?;
+            continue;
+        }
+        // Depthwise layers run on their own kernel, a strip of elements per invocation.
+        let kernel = if depthwise {
+            Kernel::Conv2dDepthwiseBackwardInput
+        } else {
+            Kernel::Conv2dBackwardInput
+        };
+        let total = nc * g.c * element_rows(g.h, depthwise) * g.w;
+        let params = ConvParams {
+            n: nc as u32,
+            dy_off,
+            out_off,
+            total: to_u32(total, "inputs per chunk")?,
+            ..base
+        };
+        steps.push(Step {
+            kernel,
+            params: params_bytes(&params),
+            binds: vec![dyb, wb, dxb],
+            items: total as u64,
+        });
+    }
+    Ok(ConvPlan {
+        algorithm: algorithm(phases.is_some(), depthwise),
+        tile: phases.is_some().then_some(tile),
+        splits,
+        scratch: partial_scratch(splits, max_chunk * xu),
+        chunks,
+        phases: phases.as_ref().map_or(0, Vec::len),
+        steps,
+    })
+}
+
+/// dW: per-workgroup partial sums over N·OH·OW and an ordered second pass per batch chunk
+/// (deterministic, no atomics).
+pub fn conv2d_backward_weight(p: &DeviceProfile, g: &Conv2dGeometry) -> Result<ConvPlan> {
+    let elems = g.k * g.cg() * g.kh * g.kw;
+    p.check_bindable(elems, "dW")?;
+    let base = conv_params(g)?;
+    let (xu, yu) = (g.c * g.h * g.w, g.k * g.oh * g.ow);
+    let chunks = if g.n == 0 {
+        vec![(0, 0)]
+    } else {
+        p.chunks(g.n, &[(xu, "input sample"), (yu, "dy sample")])?
+    };
+    let max_count = chunks
+        .iter()
+        .map(|&(a, b)| (b - a) * g.oh * g.ow)
+        .max()
+        .unwrap_or(0);
+    let tiled = forward_uses_gemm(p, g);
+    let depthwise = use_depthwise(p, g, tiled);
+    let tile = dw_tile(p);
+    let split_plan = |count: usize| {
+        if tiled {
+            tiled_dw_splits(count, g, tile, p.cpu)
+        } else {
+            reduction_splits(count, elems)
+        }
+    };
+    let (max_splits, _) = split_plan(max_count);
+    p.check_bindable(max_splits * elems, "dW partial sums")?;
+    let mut steps = Vec::new();
+    for (ci, &(n0, n1)) in chunks.iter().enumerate() {
+        let count = (n1 - n0) * g.oh * g.ow;
+        let (nsplit, split_len) = split_plan(count);
+        let pb = Slot::whole(Role::Partial, nsplit * elems);
+        if count > 0 {
+            let (xb, x_off) = p.window(Role::X, n0 * xu, n1 * xu);
+            let (dyb, dy_off) = p.window(Role::Dy, n0 * yu, n1 * yu);
+            let params = ConvParams {
+                n: (n1 - n0) as u32,
+                x_off,
+                dy_off,
+                splits: nsplit as u32,
+                split_len: to_u32(split_len, "dW split length")?,
+                ..base
+            };
+            let (kernel, params, total) = if tiled {
+                let reduce = g.cg() * g.kh * g.kw;
+                let tiles_m = g.kg().div_ceil(tile.bm as usize);
+                let tiles_n = reduce.div_ceil(tile.bn as usize);
+                let total = tiles_m * tiles_n * g.groups * nsplit;
+                let params = ConvParams {
+                    reduce: to_u32(reduce, "C/groups x kh x kw")?,
+                    tiles_m: to_u32(tiles_m, "row tiles")?,
+                    tiles_n: to_u32(tiles_n, "column tiles")?,
+                    ..params
+                };
+                let kernel = Kernel::Conv2dBackwardWeightTiled(tile, g.is_pointwise());
+                (kernel, params, total)
+            } else if depthwise {
+                // Depthwise layers: one workgroup per output channel and chunk of taps, reading
+                // dy once for the chunk.
+                let taps = (g.kh * g.kw).div_ceil(DEPTHWISE_TAPS);
+                (
+                    Kernel::Conv2dDepthwiseBackwardWeight,
+                    params,
+                    nsplit * g.k * taps,
+                )
+            } else {
+                // The rest: one workgroup per weight element.
+                (Kernel::Conv2dBackwardWeight, params, nsplit * elems)
+            };
+            let params = ConvParams {
+                total: to_u32(total, "dW workgroups")?,
+                ..params
+            };
+            steps.push(Step {
+                kernel,
+                params: params_bytes(&params),
+                binds: vec![xb, dyb, pb],
+                items: total as u64,
+            });
+        }
+        let out = Slot::whole(Role::Out, elems);
+        let used = if count > 0 { nsplit } else { 0 };
+        steps.push(reduce_step(pb, out, 0, elems, used, ci > 0));
+    }
+    Ok(ConvPlan {
+        algorithm: algorithm(tiled, depthwise),
+        tile: tiled.then_some(tile),
+        splits: max_splits,
+        chunks,
+        phases: 0,
+        scratch: Some((max_splits * elems, "dW partial sums")),
+        steps,
+    })
+}
+
+/// db of a dy of shape `[n, k, oh, ow]` with `k > 0`: dy summed over N, OH, OW per channel,
+/// deterministic.
+pub fn conv2d_backward_bias(p: &DeviceProfile, dy: [usize; 4]) -> Result<ConvPlan> {
+    let [n, k, oh, ow] = dy;
+    let base = ConvParams {
+        k: to_u32(k, "K")?,
+        oh: to_u32(oh, "OH")?,
+        ow: to_u32(ow, "OW")?,
+        ..Default::default()
+    };
+    let yu = k * oh * ow;
+    let chunks = if n * oh * ow == 0 {
+        vec![(0, 0)]
+    } else {
+        p.chunks(n, &[(yu, "dy sample")])?
+    };
+    let max_count = chunks
+        .iter()
+        .map(|&(a, b)| (b - a) * oh * ow)
+        .max()
+        .unwrap_or(0);
+    let max_splits = reduction_splits(max_count, k).0;
+    let mut steps = Vec::new();
+    for (ci, &(n0, n1)) in chunks.iter().enumerate() {
+        let count = (n1 - n0) * oh * ow;
+        let (nsplit, split_len) = reduction_splits(count, k);
+        let pb = Slot::whole(Role::Partial, nsplit * k);
+        if count > 0 {
+            let (dyb, dy_off) = p.window(Role::Dy, n0 * yu, n1 * yu);
+            let params = ConvParams {
+                n: (n1 - n0) as u32,
+                dy_off,
+                total: to_u32(nsplit * k, "db workgroups")?,
+                splits: nsplit as u32,
+                split_len: to_u32(split_len, "db split length")?,
+                ..base
+            };
+            steps.push(Step {
+                kernel: Kernel::Conv2dBackwardBias,
+                params: params_bytes(&params),
+                binds: vec![dyb, pb],
+                items: (nsplit * k) as u64,
+            });
+        }
+        let out = Slot::whole(Role::Out, k);
+        let used = if count > 0 { nsplit } else { 0 };
+        steps.push(reduce_step(pb, out, 0, k, used, ci > 0));
+    }
+    Ok(ConvPlan {
+        algorithm: ConvAlgorithm::Direct,
+        tile: None,
+        splits: max_splits,
+        chunks,
+        phases: 0,
+        scratch: Some((max_splits * k, "db partial sums")),
+        steps,
+    })
+}
