@@ -1,6 +1,7 @@
 //! Finite-difference gradient checks in f64: for a loss `L = Σ op(inputs) ⊙ r`, the backward
-//! ops applied to `r` must equal the central differences of `L`. Every case moves stride,
-//! padding, dilation and groups away from their defaults.
+//! ops applied to `r` must equal the central differences of `L`. Conv and pools: every case
+//! moves stride, padding, dilation and groups away from their defaults. The `nn` ops (ReLU,
+//! linear, softmax cross-entropy): module `nn`.
 
 mod common;
 
@@ -196,5 +197,62 @@ fn avg_pool_gradient_matches_finite_differences() {
                 &format!("{name} count_include_pad={cip}: avg-pool dx"),
             );
         }
+    }
+}
+
+/// The `nn` reference ops, with the same central differences and tolerance.
+mod nn {
+    use super::{TOL, numeric};
+    use crate::common::*;
+    use ndarray::{Array1, Array2};
+    use wgconv::reference::nn as reference;
+
+    fn rand2(rng: &mut Rng, r: usize, c: usize) -> Array2<f64> {
+        Array2::from_shape_simple_fn((r, c), || rng.unit())
+    }
+
+    #[test]
+    fn relu_gradient_matches_finite_differences() {
+        let mut rng = Rng::new(21);
+        // Keep inputs away from the kink at 0, where the difference quotient is not the derivative.
+        let x = rand2(&mut rng, 4, 6).mapv(|v| if v.abs() < 0.05 { v + 0.1 } else { v });
+        let r = rand2(&mut rng, 4, 6);
+        let num = numeric(&x, |x| (reference::relu_forward(x.view()) * &r).sum());
+        let ana = reference::relu_backward(r.view(), x.view()).unwrap();
+        assert_close(&ana, &num, TOL, "relu dx");
+    }
+
+    #[test]
+    fn linear_gradients_match_finite_differences() {
+        let mut rng = Rng::new(22);
+        let (x, w, r) = (
+            rand2(&mut rng, 3, 5),
+            rand2(&mut rng, 4, 5),
+            rand2(&mut rng, 3, 4),
+        );
+        let b = Array1::from_shape_simple_fn(4, || rng.unit());
+        let loss = |x: &Array2<f64>, w: &Array2<f64>, b: &Array1<f64>| {
+            (reference::linear_forward(x.view(), w.view(), Some(b.view())).unwrap() * &r).sum()
+        };
+        let dx = reference::linear_backward_input(r.view(), w.view()).unwrap();
+        assert_close(&dx, &numeric(&x, |x| loss(x, &w, &b)), TOL, "linear dx");
+        let dw = reference::linear_backward_weight(x.view(), r.view()).unwrap();
+        assert_close(&dw, &numeric(&w, |w| loss(&x, w, &b)), TOL, "linear dW");
+        let db = reference::linear_backward_bias(r.view());
+        assert_close(&db, &numeric(&b, |b| loss(&x, &w, b)), TOL, "linear db");
+    }
+
+    #[test]
+    fn softmax_cross_entropy_gradient_matches_finite_differences() {
+        let mut rng = Rng::new(23);
+        let logits = rand2(&mut rng, 5, 7).mapv(|v| 4.0 * v);
+        let labels = Array1::from_shape_simple_fn(5, || rng.range(0, 6) as u32);
+        let (_, grad) = reference::softmax_cross_entropy(logits.view(), labels.view()).unwrap();
+        let num = numeric(&logits, |z| {
+            reference::softmax_cross_entropy(z.view(), labels.view())
+                .unwrap()
+                .0
+        });
+        assert_close(&grad, &num, TOL, "softmax cross-entropy dlogits");
     }
 }

@@ -1,32 +1,16 @@
 //! The training ops (ReLU, linear, softmax cross-entropy, SGD, reshape) on the GPU against the
-//! reference, run in f64 on the same f32 inputs; finite-difference checks of the reference's
-//! backward ops in f64; determinism, chunked bindings, checked mode and bad inputs.
+//! reference, run in f64 on the same f32 inputs, and known values; determinism, chunked
+//! bindings, checked mode and bad inputs. Finite-difference checks of the reference's backward
+//! ops: `gradcheck.rs`; a whole training step: `nn_train_step.rs`.
 
 mod common;
 
 use common::*;
-use ndarray::{Array, Array1, Array2, ArrayD, Dimension, IxDyn, array};
-use wgconv::compare::{GPU_TOLERANCE, compare};
+use ndarray::{Array1, Array2, ArrayD, IxDyn, array};
+use wgconv::compare::GPU_TOLERANCE;
 use wgconv::nn::SgdOptions;
 use wgconv::reference::nn as reference;
 use wgconv::{Error, Gpu, Tensor};
-
-fn dl(gpu: &Gpu, t: &Tensor) -> ArrayD<f64> {
-    f64s(&gpu.download(t).unwrap())
-}
-
-#[track_caller]
-fn close<D: Dimension>(got: &ArrayD<f64>, want: &Array<f64, D>, what: &str) {
-    assert_eq!(got.shape(), want.shape(), "{what}: shape");
-    let c = compare(got.iter().copied(), want.iter().copied());
-    assert!(
-        c.passes(GPU_TOLERANCE),
-        "{what}: max |gpu - ref| = {:e} (scale {}) at flat {}",
-        c.max_abs_err,
-        c.scale,
-        c.worst
-    );
-}
 
 fn random2(rng: &mut Rng, rows: usize, cols: usize) -> Array2<f32> {
     Array2::from_shape_simple_fn((rows, cols), || rng.unit() as f32)
@@ -534,74 +518,4 @@ fn bad_inputs_are_errors() {
     assert!(
         reference::softmax_cross_entropy(z(3, 0).view(), Array1::<u32>::zeros(3).view()).is_err()
     );
-}
-
-// Finite differences of the f64 reference: for L = Σ op(inputs) ⊙ r, the backward applied to
-// r must equal the central differences of L.
-
-const H: f64 = 1e-6;
-const TOL: f64 = 1e-6;
-
-fn numeric<D: Dimension>(x: &Array<f64, D>, f: impl Fn(&Array<f64, D>) -> f64) -> Array<f64, D> {
-    let mut g = x.clone();
-    let mut xp = x.clone();
-    for (i, gi) in g.iter_mut().enumerate() {
-        let orig = *x.iter().nth(i).unwrap();
-        *xp.iter_mut().nth(i).unwrap() = orig + H;
-        let up = f(&xp);
-        *xp.iter_mut().nth(i).unwrap() = orig - H;
-        let down = f(&xp);
-        *xp.iter_mut().nth(i).unwrap() = orig;
-        *gi = (up - down) / (2.0 * H);
-    }
-    g
-}
-
-fn rand2(rng: &mut Rng, r: usize, c: usize) -> Array2<f64> {
-    Array2::from_shape_simple_fn((r, c), || rng.unit())
-}
-
-#[test]
-fn relu_gradient_matches_finite_differences() {
-    let mut rng = Rng::new(21);
-    // Keep inputs away from the kink at 0, where the difference quotient is not the derivative.
-    let x = rand2(&mut rng, 4, 6).mapv(|v| if v.abs() < 0.05 { v + 0.1 } else { v });
-    let r = rand2(&mut rng, 4, 6);
-    let num = numeric(&x, |x| (reference::relu_forward(x.view()) * &r).sum());
-    let ana = reference::relu_backward(r.view(), x.view()).unwrap();
-    assert_close(&ana, &num, TOL, "relu dx");
-}
-
-#[test]
-fn linear_gradients_match_finite_differences() {
-    let mut rng = Rng::new(22);
-    let (x, w, r) = (
-        rand2(&mut rng, 3, 5),
-        rand2(&mut rng, 4, 5),
-        rand2(&mut rng, 3, 4),
-    );
-    let b = Array1::from_shape_simple_fn(4, || rng.unit());
-    let loss = |x: &Array2<f64>, w: &Array2<f64>, b: &Array1<f64>| {
-        (reference::linear_forward(x.view(), w.view(), Some(b.view())).unwrap() * &r).sum()
-    };
-    let dx = reference::linear_backward_input(r.view(), w.view()).unwrap();
-    assert_close(&dx, &numeric(&x, |x| loss(x, &w, &b)), TOL, "linear dx");
-    let dw = reference::linear_backward_weight(x.view(), r.view()).unwrap();
-    assert_close(&dw, &numeric(&w, |w| loss(&x, w, &b)), TOL, "linear dW");
-    let db = reference::linear_backward_bias(r.view());
-    assert_close(&db, &numeric(&b, |b| loss(&x, &w, b)), TOL, "linear db");
-}
-
-#[test]
-fn softmax_cross_entropy_gradient_matches_finite_differences() {
-    let mut rng = Rng::new(23);
-    let logits = rand2(&mut rng, 5, 7).mapv(|v| 4.0 * v);
-    let labels = Array1::from_shape_simple_fn(5, || rng.range(0, 6) as u32);
-    let (_, grad) = reference::softmax_cross_entropy(logits.view(), labels.view()).unwrap();
-    let num = numeric(&logits, |z| {
-        reference::softmax_cross_entropy(z.view(), labels.view())
-            .unwrap()
-            .0
-    });
-    assert_close(&grad, &num, TOL, "softmax cross-entropy dlogits");
 }

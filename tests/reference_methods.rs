@@ -1,13 +1,14 @@
 //! The three convolution methods of the reference agree with each other on random shapes with
 //! every option drawn: direct loops (the oracle), im2col/col2im + GEMM, and the explicit
-//! transposed convolution for dx.
+//! transposed convolution for dx; rows no window reaches; empty batches (N = 0) and channels
+//! (C = 0) from every entry point. The fast path's determinism: `determinism.rs`.
 
 mod common;
 
 use common::*;
 use ndarray::{Array1, Array4};
 use wgconv::reference::{self, direct, gemm, transposed};
-use wgconv::{Conv2dSpec, Padding2d};
+use wgconv::{Conv2dSpec, Padding2d, Pool2dSpec};
 
 const TOL: f64 = 1e-12;
 
@@ -80,28 +81,6 @@ fn remainder_rows_get_zero_gradient() {
     }
 }
 
-/// The fast path is deterministic: bitwise identical results on repeated runs (rayon's thread
-/// scheduling must not change the summation order).
-#[test]
-fn fast_path_is_deterministic() {
-    let mut rng = Rng::new(9);
-    let x = rng.array4_f32([9, 4, 12, 12]);
-    let spec = Conv2dSpec::new()
-        .with_groups(2)
-        .with_padding(Padding2d::symmetric(1, 1));
-    let dy = rng.array4_f32([9, 6, 12, 12]);
-    let first = gemm::conv2d_backward_weight(x.view(), dy.view(), [3, 3], &spec).unwrap();
-    for _ in 0..5 {
-        let again = gemm::conv2d_backward_weight(x.view(), dy.view(), [3, 3], &spec).unwrap();
-        assert!(
-            first
-                .iter()
-                .zip(again.iter())
-                .all(|(a, b)| a.to_bits() == b.to_bits())
-        );
-    }
-}
-
 /// A batch of zero gives empty results of the right shapes, from every entry point.
 #[test]
 fn empty_batch_gives_empty_results() {
@@ -139,4 +118,41 @@ fn empty_batch_gives_empty_results() {
     let y = reference::avg_pool2d_forward(x.view(), &pool, true).unwrap();
     let dx = reference::avg_pool2d_backward(y.view(), [5, 5], &pool, true).unwrap();
     assert_eq!(dx.shape(), &[0, 3, 5, 5]);
+}
+
+/// N = 0 and C = 0 give empty results from every reference entry point.
+#[test]
+fn empty_batch_and_channels() {
+    let spec = Conv2dSpec::new();
+    let x = Array4::<f64>::zeros((0, 2, 4, 4));
+    let w = Array4::<f64>::ones((3, 2, 3, 3));
+    let y = reference::conv2d_forward(x.view(), w.view(), None, &spec).unwrap();
+    assert_eq!(y.shape(), &[0, 3, 2, 2]);
+    let dx = reference::conv2d_backward_input(y.view(), w.view(), [4, 4], &spec).unwrap();
+    assert_eq!(dx.shape(), &[0, 2, 4, 4]);
+    let dw = reference::conv2d_backward_weight(x.view(), y.view(), [3, 3], &spec).unwrap();
+    assert!(dw.iter().all(|&v| v == 0.0) && dw.shape() == [3, 2, 3, 3]);
+    assert_eq!(
+        reference::conv2d_backward_bias(y.view()).to_vec(),
+        vec![0.0; 3]
+    );
+    // C = 0 is refused by conv (no channel to convolve) but is an empty pool.
+    let c0 = Array4::<f64>::zeros((2, 0, 4, 4));
+    let e = reference::conv2d_forward(c0.view(), Array4::zeros((1, 0, 3, 3)).view(), None, &spec);
+    assert!(e.unwrap_err().to_string().contains("C = 0"));
+    let pool = Pool2dSpec::new([2, 2]);
+    let (y, i) = reference::max_pool2d_forward(c0.view(), &pool).unwrap();
+    assert_eq!(
+        (y.shape(), i.shape()),
+        (&[2, 0, 2, 2][..], &[2, 0, 2, 2][..])
+    );
+    let dx = reference::max_pool2d_backward(y.view(), i.view(), [4, 4], &pool).unwrap();
+    assert_eq!(dx.shape(), &[2, 0, 4, 4]);
+    let y = reference::avg_pool2d_forward(c0.view(), &pool, false).unwrap();
+    assert_eq!(
+        reference::avg_pool2d_backward(y.view(), [4, 4], &pool, false)
+            .unwrap()
+            .shape(),
+        &[2, 0, 4, 4]
+    );
 }

@@ -1,9 +1,26 @@
-//! Helpers shared by the integration tests: a seeded RNG, random specs, PyTorch fixture loading,
-//! and tolerance checks.
+//! Helpers shared by the integration tests: a seeded RNG, random specs and tolerance checks
+//! here; in submodules the PyTorch fixtures (`fixtures`), the shared `Gpu` and its downloads and
+//! comparisons (`device`), the four conv ops and the pools run on the GPU against the reference
+//! (`check`), hostile values for the fuzzers (`fuzz`) and the 128-bit model of the shape math
+//! (`model`). `fixtures`, `device` and `check` are re-exported here; `fuzz` and `model` are
+//! imported by the fuzzers that use them.
 #![allow(dead_code)]
 
-use ndarray::{Array, Array4, ArrayD, Dimension, IxDyn};
-use serde_json::Value;
+pub mod check;
+pub mod device;
+pub mod fixtures;
+pub mod fuzz;
+pub mod model;
+
+// Each test binary uses some of the helpers.
+#[allow(unused_imports)]
+pub use check::*;
+#[allow(unused_imports)]
+pub use device::*;
+#[allow(unused_imports)]
+pub use fixtures::*;
+
+use ndarray::{Array, Array4, Dimension};
 use wgconv::{Conv2dSpec, Padding2d, Pool2dSpec};
 
 /// xorshift64*: small, seeded, reproducible.
@@ -96,85 +113,6 @@ pub fn random_pool(rng: &mut Rng, max_hw: usize, avg: bool) -> ([usize; 4], Pool
     }
 }
 
-/// The cases of `tests/fixtures/<name>.json` (written by `scripts/make_fixtures.py`).
-pub fn fixture_cases(name: &str) -> Vec<Value> {
-    let path = format!("{}/tests/fixtures/{name}.json", env!("CARGO_MANIFEST_DIR"));
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"));
-    v["cases"].as_array().expect("cases").clone()
-}
-
-fn number(v: &Value) -> f64 {
-    match v {
-        Value::Number(n) => n.as_f64().expect("finite number"),
-        Value::String(s) => match s.as_str() {
-            "nan" => f64::NAN,
-            "inf" => f64::INFINITY,
-            "-inf" => f64::NEG_INFINITY,
-            other => panic!("unknown value {other:?}"),
-        },
-        other => panic!("not a number: {other}"),
-    }
-}
-
-pub fn usizes(v: &Value) -> Vec<usize> {
-    v.as_array()
-        .expect("array")
-        .iter()
-        .map(|d| d.as_u64().expect("integer") as usize)
-        .collect()
-}
-
-pub fn pair(v: &Value) -> [usize; 2] {
-    let u = usizes(v);
-    [u[0], u[1]]
-}
-
-/// A fixture tensor `{"shape", "data"}` as f64.
-pub fn tensor(v: &Value) -> ArrayD<f64> {
-    let shape = usizes(&v["shape"]);
-    let data: Vec<f64> = v["data"]
-        .as_array()
-        .expect("data")
-        .iter()
-        .map(number)
-        .collect();
-    ArrayD::from_shape_vec(IxDyn(&shape), data).expect("shape matches data")
-}
-
-pub fn tensor4(v: &Value) -> Array4<f64> {
-    tensor(v).into_dimensionality().expect("4-D")
-}
-
-pub fn indices4(v: &Value) -> Array4<u32> {
-    tensor4(v).mapv(|i| i as u32)
-}
-
-pub fn conv_spec(case: &Value) -> Conv2dSpec {
-    let p = usizes(&case["padding"]);
-    Conv2dSpec {
-        stride: pair(&case["stride"]),
-        padding: Padding2d {
-            top: p[0],
-            bottom: p[1],
-            left: p[2],
-            right: p[3],
-        },
-        dilation: pair(&case["dilation"]),
-        groups: case["groups"].as_u64().unwrap() as usize,
-    }
-}
-
-pub fn pool_spec(case: &Value) -> Pool2dSpec {
-    Pool2dSpec {
-        kernel: pair(&case["kernel"]),
-        stride: pair(&case["stride"]),
-        padding: pair(&case["padding"]),
-        dilation: case.get("dilation").map_or([1, 1], pair),
-        ceil_mode: case["ceil_mode"].as_bool().unwrap(),
-    }
-}
-
 /// `max|got - want|` (NaN matches NaN; NaN or Inf against anything else is an infinite error)
 /// and the scale `max(1, max|want|)` over finite elements.
 pub fn error_and_scale<D: Dimension>(got: &Array<f64, D>, want: &Array<f64, D>) -> (f64, f64) {
@@ -205,30 +143,6 @@ pub fn assert_close<D: Dimension>(got: &Array<f64, D>, want: &Array<f64, D>, rel
         err <= rel * scale,
         "{what}: max error {err:e} > {rel:e} * {scale}\n got {got:?}\nwant {want:?}"
     );
-}
-
-/// One `Gpu` shared by a test binary's tests, with outputs poisoned (NaN / u32::MAX) before every
-/// op so that an element a kernel fails to write cannot pass. Without an adapter the tests fail,
-/// loudly, saying which driver to install: they are never skipped.
-pub fn gpu() -> &'static wgconv::Gpu {
-    static GPU: std::sync::OnceLock<wgconv::Gpu> = std::sync::OnceLock::new();
-    GPU.get_or_init(|| {
-        let gpu = wgconv::Gpu::builder()
-            .poison_outputs(true)
-            .build()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "GPU tests need a wgpu adapter and none could be used: {e}\n\
-                     On a machine without a GPU install Mesa's software drivers \
-                     (`apt-get install mesa-vulkan-drivers` for Vulkan lavapipe; GL llvmpipe \
-                     comes with libgl1-mesa-dri/libegl-mesa0) and run with WGPU_BACKEND=vulkan \
-                     or WGPU_BACKEND=gl."
-                )
-            });
-        let info = gpu.adapter_info();
-        eprintln!("GPU tests on {} ({:?})", info.name, info.backend);
-        gpu
-    })
 }
 
 /// f32 array from f64 values.

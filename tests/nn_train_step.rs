@@ -8,7 +8,7 @@ mod common;
 
 use common::*;
 use ndarray::{Array1, Array4, ArrayD, Ix1, Ix2, Ix4};
-use wgconv::compare::{GPU_TOLERANCE, compare};
+use wgconv::compare::GPU_TOLERANCE;
 use wgconv::nn::{
     AvgPool2d, Conv2d, Flatten, Layer, Linear, MaxPool2d, Relu, Rng, Sequential, Sgd, SgdOptions,
 };
@@ -44,10 +44,6 @@ fn small_net(gpu: &Gpu, seed: u64) -> Sequential {
         .push(AvgPool2d::new(pool(), true))
         .push(Flatten::new())
         .push(Linear::new(gpu, 24, CLASSES, true, &mut rng).unwrap())
-}
-
-fn host(gpu: &Gpu, t: &wgconv::Tensor) -> ArrayD<f64> {
-    f64s(&gpu.download(t).unwrap())
 }
 
 /// One step of the same network on the reference: returns the loss and the gradients
@@ -102,25 +98,12 @@ fn reference_step(
     (loss, grads)
 }
 
-#[track_caller]
-fn close(got: &ArrayD<f64>, want: &ArrayD<f64>, what: &str) {
-    assert_eq!(got.shape(), want.shape(), "{what}: shape");
-    let c = compare(got.iter().copied(), want.iter().copied());
-    assert!(
-        c.passes(GPU_TOLERANCE),
-        "{what}: max |gpu - ref| = {:e} (scale {}) at flat {}",
-        c.max_abs_err,
-        c.scale,
-        c.worst
-    );
-}
-
 #[test]
 fn gpu_training_step_equals_reference_step() {
     let gpu = gpu();
     let mut model = small_net(gpu, 42);
     let mut sgd = Sgd::new(OPTS).unwrap();
-    let mut params: Vec<ArrayD<f64>> = model.parameters().iter().map(|t| host(gpu, t)).collect();
+    let mut params: Vec<ArrayD<f64>> = model.parameters().iter().map(|t| dl(gpu, t)).collect();
     let shapes: Vec<Vec<usize>> = params.iter().map(|p| p.shape().to_vec()).collect();
     assert_eq!(
         shapes,
@@ -154,7 +137,7 @@ fn gpu_training_step_equals_reference_step() {
         let gpu_grads: Vec<ArrayD<f64>> = model
             .parameters_mut()
             .iter()
-            .map(|p| host(gpu, p.grad.expect("a gradient after backward")))
+            .map(|p| dl(gpu, p.grad.expect("a gradient after backward")))
             .collect();
         sgd.step(gpu, model.parameters_mut()).unwrap();
 
@@ -169,14 +152,14 @@ fn gpu_training_step_equals_reference_step() {
         }
         for (i, (t, w)) in model.parameters().iter().zip(&params).enumerate() {
             close(
-                &host(gpu, t),
+                &dl(gpu, t),
                 w,
                 &format!("step {step}: parameter {i} after the update"),
             );
         }
         for (i, (b, w)) in sgd.momentum_buffers().iter().zip(&bufs).enumerate() {
             close(
-                &host(gpu, b.as_ref().expect("momentum buffer")),
+                &dl(gpu, b.as_ref().expect("momentum buffer")),
                 w.as_ref().unwrap(),
                 &format!("step {step}: momentum buffer {i}"),
             );
@@ -194,7 +177,7 @@ fn initialisation_follows_pytorch_and_the_seed() {
     let bounds = [9.0f64, 9.0, 36.0, 36.0, 24.0, 24.0].map(|f| 1.0 / f.sqrt());
     let (pa, pb, pc) = (a.parameters(), b.parameters(), c.parameters());
     for (i, bound) in bounds.iter().enumerate() {
-        let (va, vb, vc) = (host(gpu, pa[i]), host(gpu, pb[i]), host(gpu, pc[i]));
+        let (va, vb, vc) = (dl(gpu, pa[i]), dl(gpu, pb[i]), dl(gpu, pc[i]));
         assert_eq!(va, vb, "parameter {i}: same seed, same values");
         assert_ne!(va, vc, "parameter {i}: another seed, other values");
         let max = va.iter().fold(0.0f64, |m, v| m.max(v.abs()));

@@ -1,0 +1,70 @@
+//! The `Gpu` the tests run on, downloads as f64, and the comparison of GPU results with the
+//! reference.
+
+use ndarray::{Array, Array4, ArrayD, Dimension, Ix4};
+use wgconv::compare::{GPU_TOLERANCE, compare};
+use wgconv::{Gpu, Tensor};
+
+use super::f64s;
+
+/// One `Gpu` shared by a test binary's tests, with outputs poisoned (NaN / u32::MAX) before every
+/// op so that an element a kernel fails to write cannot pass. Without an adapter the tests fail,
+/// loudly, saying which driver to install: they are never skipped.
+pub fn gpu() -> &'static wgconv::Gpu {
+    static GPU: std::sync::OnceLock<wgconv::Gpu> = std::sync::OnceLock::new();
+    GPU.get_or_init(|| {
+        let gpu = wgconv::Gpu::builder()
+            .poison_outputs(true)
+            .build()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "GPU tests need a wgpu adapter and none could be used: {e}\n\
+                     On a machine without a GPU install Mesa's software drivers \
+                     (`apt-get install mesa-vulkan-drivers` for Vulkan lavapipe; GL llvmpipe \
+                     comes with libgl1-mesa-dri/libegl-mesa0) and run with WGPU_BACKEND=vulkan \
+                     or WGPU_BACKEND=gl."
+                )
+            });
+        let info = gpu.adapter_info();
+        eprintln!("GPU tests on {} ({:?})", info.name, info.backend);
+        gpu
+    })
+}
+
+/// A fresh `Gpu` (not the shared one: for tests that destroy devices, count allocations or need
+/// other options).
+pub fn fresh(builder: wgconv::GpuBuilder) -> Gpu {
+    builder
+        .build()
+        .expect("a wgpu adapter (see tests/common for the drivers)")
+}
+
+/// A downloaded tensor as f64, any rank.
+pub fn dl(gpu: &Gpu, t: &Tensor) -> ArrayD<f64> {
+    f64s(&gpu.download(t).unwrap())
+}
+
+/// A downloaded 4-D tensor as f64.
+pub fn dl4(gpu: &Gpu, t: &Tensor) -> Array4<f64> {
+    f64s(
+        &gpu.download(t)
+            .unwrap()
+            .into_dimensionality::<Ix4>()
+            .unwrap(),
+    )
+}
+
+/// Asserts that `got` has `want`'s shape and passes `GPU_TOLERANCE` against it; the arrays are
+/// printed on failure (ndarray abbreviates large ones).
+#[track_caller]
+pub fn close<D: Dimension, E: Dimension>(got: &Array<f64, D>, want: &Array<f64, E>, what: &str) {
+    assert_eq!(got.shape(), want.shape(), "{what}: shape");
+    let c = compare(got.iter().copied(), want.iter().copied());
+    assert!(
+        c.passes(GPU_TOLERANCE),
+        "{what}: max |gpu - ref| = {:e} (scale {}) at flat {}\n got {got:?}\nwant {want:?}",
+        c.max_abs_err,
+        c.scale,
+        c.worst
+    );
+}
