@@ -36,38 +36,34 @@ pub struct IndexTensor {
     pub(crate) raw: Raw,
 }
 
+/// The accessors both tensor types share.
+macro_rules! tensor_accessors {
+    ($t:ty) => {
+        impl $t {
+            /// The dimensions.
+            pub fn shape(&self) -> &[usize] {
+                &self.raw.shape
+            }
+            /// Number of elements.
+            pub fn len(&self) -> usize {
+                self.raw.len
+            }
+            /// Whether the tensor has no elements.
+            pub fn is_empty(&self) -> bool {
+                self.raw.len == 0
+            }
+        }
+    };
+}
+
+tensor_accessors!(Tensor);
+tensor_accessors!(IndexTensor);
+
 impl Tensor {
-    /// The dimensions.
-    pub fn shape(&self) -> &[usize] {
-        &self.raw.shape
-    }
-    /// Number of elements.
-    pub fn len(&self) -> usize {
-        self.raw.len
-    }
-    /// Whether the tensor has no elements.
-    pub fn is_empty(&self) -> bool {
-        self.raw.len == 0
-    }
     /// The underlying wgpu buffer (`None` for an empty tensor), for interop with other wgpu
     /// code. It may be larger than `4 * len()` bytes; the tensor's data is at its start.
     pub fn buffer(&self) -> Option<&wgpu::Buffer> {
         self.raw.buf.as_ref().map(PooledBuffer::buffer)
-    }
-}
-
-impl IndexTensor {
-    /// The dimensions.
-    pub fn shape(&self) -> &[usize] {
-        &self.raw.shape
-    }
-    /// Number of elements.
-    pub fn len(&self) -> usize {
-        self.raw.len
-    }
-    /// Whether the tensor has no elements.
-    pub fn is_empty(&self) -> bool {
-        self.raw.len == 0
     }
 }
 

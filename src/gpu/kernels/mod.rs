@@ -18,7 +18,7 @@ pub use params::{
     ConvParams, EltParams, GemmParams, MatmulParams, PoolParams, ReduceParams, RowsParams,
     SgdParams,
 };
-pub(crate) use params::{overflow, to_i32_bits, to_u32};
+pub(crate) use params::{overflow, sizes, to_i32_bits, to_u32};
 pub use tile::Tile;
 
 /// Outputs per invocation of `conv2d_depthwise.wgsl` and `conv2d_depthwise_backward_input.wgsl`
@@ -131,122 +131,28 @@ macro_rules! row {
 }
 
 /// Every kernel, one row each, in the order of [`Kernel::row`].
+#[rustfmt::skip]
 pub static TABLE: [KernelDef; 20] = [
-    row!(
-        "conv2d_forward",
-        ConvParams,
-        [Read, Read, Read, ReadWrite],
-        PerElement
-    ),
-    row!(
-        "conv2d_depthwise",
-        ConvParams,
-        [Read, Read, Read, ReadWrite],
-        PerElement
-    ),
-    row!(
-        "conv2d_depthwise_backward_input",
-        ConvParams,
-        [Read, Read, ReadWrite],
-        PerElement
-    ),
-    row!(
-        "conv2d_depthwise_backward_weight",
-        ConvParams,
-        [Read, Read, ReadWrite],
-        PerItem
-    ),
-    row!(
-        "conv2d_gemm",
-        GemmParams,
-        [Read, Read, Read, ReadWrite],
-        Tiled
-    ),
-    row!(
-        "conv2d_backward_input",
-        ConvParams,
-        [Read, Read, ReadWrite],
-        PerElement
-    ),
-    row!(
-        "conv2d_backward_weight",
-        ConvParams,
-        [Read, Read, ReadWrite],
-        PerItem
-    ),
-    row!(
-        "conv2d_backward_weight_tiled",
-        ConvParams,
-        [Read, Read, ReadWrite],
-        Tiled
-    ),
-    row!(
-        "conv2d_backward_bias",
-        ConvParams,
-        [Read, ReadWrite],
-        PerItem
-    ),
-    row!(
-        "reduce_partials",
-        ReduceParams,
-        [Read, ReadWrite],
-        PerElement
-    ),
-    row!(
-        "max_pool2d_forward",
-        PoolParams,
-        [Read, ReadWrite, ReadWrite],
-        PerElement
-    ),
-    row!(
-        "max_pool2d_backward",
-        PoolParams,
-        [Read, Read, ReadWrite],
-        PerElement
-    ),
-    row!(
-        "avg_pool2d_forward",
-        PoolParams,
-        [Read, ReadWrite],
-        PerElement
-    ),
-    row!(
-        "avg_pool2d_backward",
-        PoolParams,
-        [Read, ReadWrite],
-        PerElement
-    ),
+    row!("conv2d_forward", ConvParams, [Read, Read, Read, ReadWrite], PerElement),
+    row!("conv2d_depthwise", ConvParams, [Read, Read, Read, ReadWrite], PerElement),
+    row!("conv2d_depthwise_backward_input", ConvParams, [Read, Read, ReadWrite], PerElement),
+    row!("conv2d_depthwise_backward_weight", ConvParams, [Read, Read, ReadWrite], PerItem),
+    row!("conv2d_gemm", GemmParams, [Read, Read, Read, ReadWrite], Tiled),
+    row!("conv2d_backward_input", ConvParams, [Read, Read, ReadWrite], PerElement),
+    row!("conv2d_backward_weight", ConvParams, [Read, Read, ReadWrite], PerItem),
+    row!("conv2d_backward_weight_tiled", ConvParams, [Read, Read, ReadWrite], Tiled),
+    row!("conv2d_backward_bias", ConvParams, [Read, ReadWrite], PerItem),
+    row!("reduce_partials", ReduceParams, [Read, ReadWrite], PerElement),
+    row!("max_pool2d_forward", PoolParams, [Read, ReadWrite, ReadWrite], PerElement),
+    row!("max_pool2d_backward", PoolParams, [Read, Read, ReadWrite], PerElement),
+    row!("avg_pool2d_forward", PoolParams, [Read, ReadWrite], PerElement),
+    row!("avg_pool2d_backward", PoolParams, [Read, ReadWrite], PerElement),
     row!("relu_forward", EltParams, [Read, ReadWrite], PerElement),
-    row!(
-        "relu_backward",
-        EltParams,
-        [Read, Read, ReadWrite],
-        PerElement
-    ),
-    row!(
-        "matmul",
-        MatmulParams,
-        [Read, Read, Read, ReadWrite],
-        PerItem
-    ),
-    row!(
-        "linear_backward_bias",
-        RowsParams,
-        [Read, ReadWrite],
-        PerItem
-    ),
-    row!(
-        "softmax_cross_entropy",
-        RowsParams,
-        [Read, Read, ReadWrite, ReadWrite],
-        PerItem
-    ),
-    row!(
-        "sgd_step",
-        SgdParams,
-        [ReadWrite, Read, ReadWrite],
-        PerElement
-    ),
+    row!("relu_backward", EltParams, [Read, Read, ReadWrite], PerElement),
+    row!("matmul", MatmulParams, [Read, Read, Read, ReadWrite], PerItem),
+    row!("linear_backward_bias", RowsParams, [Read, ReadWrite], PerItem),
+    row!("softmax_cross_entropy", RowsParams, [Read, Read, ReadWrite, ReadWrite], PerItem),
+    row!("sgd_step", SgdParams, [ReadWrite, Read, ReadWrite], PerElement),
 ];
 
 /// The assembled source of each row, joined on first use.

@@ -110,3 +110,22 @@ params_struct! {
         has_momentum, _pad0, _pad1, _pad2,
     }
 }
+
+/// A params block built from host sizes: `field: value => "what"` converts `value` with
+/// [`to_u32`] (its error names `what`), `field = expr` takes `expr` as it is, and a trailing
+/// `..base` fills the rest. Fields are evaluated in the order written, so the first size out of
+/// range is the one reported. Used inside a function returning [`Result`].
+macro_rules! sizes {
+    (@acc $ty:ident [$($done:tt)*]) => { $ty { $($done)* } };
+    (@acc $ty:ident [$($done:tt)*] ..$base:expr) => { $ty { $($done)* ..$base } };
+    (@acc $ty:ident [$($done:tt)*] $field:ident: $value:expr => $what:literal, $($rest:tt)*) => {
+        $crate::gpu::kernels::sizes!(
+            @acc $ty [$($done)* $field: $crate::gpu::kernels::to_u32($value, $what)?,] $($rest)*
+        )
+    };
+    (@acc $ty:ident [$($done:tt)*] $field:ident = $value:expr, $($rest:tt)*) => {
+        $crate::gpu::kernels::sizes!(@acc $ty [$($done)* $field: $value,] $($rest)*)
+    };
+    ($ty:ident { $($body:tt)* }) => { $crate::gpu::kernels::sizes!(@acc $ty [] $($body)*) };
+}
+pub(crate) use sizes;

@@ -1,6 +1,7 @@
 //! Plans of conv2d forward, dx, dW and db: which kernels, tiles, splits and chunks, as the
 //! dispatches they record.
 
+use super::gemm::{GemmJob, gemm_chunk, reduce_step};
 use super::phases::{Lattice, Phase, dx_phases};
 use super::rules::{
     backward_input_uses_gemm, dw_tile, element_rows, forward_uses_gemm, gemm_tile, partial_splits,
@@ -8,10 +9,7 @@ use super::rules::{
 };
 use super::{DeviceProfile, Role, Slot, Step};
 use crate::error::Result;
-use crate::gpu::kernels::{
-    ConvParams, DEPTHWISE_TAPS, GemmParams, Kernel, ReduceParams, Tile, overflow, to_i32_bits,
-    to_u32,
-};
+use crate::gpu::kernels::{ConvParams, DEPTHWISE_TAPS, Kernel, Tile, sizes, to_u32};
 use crate::spec::Conv2dGeometry;
 
 /// The kernels a conv op runs on.
@@ -46,207 +44,31 @@ pub struct ConvPlan {
     pub steps: Vec<Step>,
 }
 
-fn params_bytes<T: bytemuck::Pod>(p: &T) -> Vec<u8> {
-    bytemuck::bytes_of(p).to_vec()
-}
-
 /// The params block of a geometry; per-chunk fields (`n`, offsets, `total`) are set by callers.
 fn conv_params(g: &Conv2dGeometry) -> Result<ConvParams> {
     let p = g.padding;
     to_u32(g.h + p.top + p.bottom, "padded input height")?;
     to_u32(g.w + p.left + p.right, "padded input width")?;
-    Ok(ConvParams {
-        c: to_u32(g.c, "C")?,
-        h: to_u32(g.h, "H")?,
-        w: to_u32(g.w, "W")?,
-        k: to_u32(g.k, "K")?,
-        kh: to_u32(g.kh, "kh")?,
-        kw: to_u32(g.kw, "kw")?,
-        groups: to_u32(g.groups, "groups")?,
-        oh: to_u32(g.oh, "OH")?,
-        ow: to_u32(g.ow, "OW")?,
-        cg: to_u32(g.cg(), "C/groups")?,
-        kg: to_u32(g.kg(), "K/groups")?,
-        stride_h: to_u32(g.stride[0], "stride_h")?,
-        stride_w: to_u32(g.stride[1], "stride_w")?,
-        dil_h: to_u32(g.dilation[0], "dilation_h")?,
-        dil_w: to_u32(g.dilation[1], "dilation_w")?,
-        pad_top: to_u32(p.top, "padding top")?,
-        pad_left: to_u32(p.left, "padding left")?,
+    Ok(sizes!(ConvParams {
+        c: g.c => "C",
+        h: g.h => "H",
+        w: g.w => "W",
+        k: g.k => "K",
+        kh: g.kh => "kh",
+        kw: g.kw => "kw",
+        groups: g.groups => "groups",
+        oh: g.oh => "OH",
+        ow: g.ow => "OW",
+        cg: g.cg() => "C/groups",
+        kg: g.kg() => "K/groups",
+        stride_h: g.stride[0] => "stride_h",
+        stride_w: g.stride[1] => "stride_w",
+        dil_h: g.dilation[0] => "dilation_h",
+        dil_w: g.dilation[1] => "dilation_w",
+        pad_top: p.top => "padding top",
+        pad_left: p.left => "padding left",
         ..Default::default()
-    })
-}
-
-/// The second pass of a split reduction: `out[out_off + e] (+)= Σ_s partial[s][e]`.
-fn reduce_step(
-    partial: Slot,
-    out: Slot,
-    out_off: u32,
-    elems: usize,
-    splits: usize,
-    accumulate: bool,
-) -> Step {
-    let params = ReduceParams {
-        elems: elems as u32,
-        splits: splits as u32,
-        accumulate: accumulate as u32,
-        out_off,
-    };
-    Step {
-        kernel: Kernel::ReducePartials,
-        params: params_bytes(&params),
-        binds: vec![partial, out],
-        items: elems as u64,
-    }
-}
-
-/// One pass of `conv2d_gemm.wgsl` over a batch chunk (see the shader for the meaning).
-struct GemmJob {
-    n: usize,
-    rows: usize,
-    cols: usize,
-    groups: usize,
-    in_c: usize,
-    in_cg: usize,
-    in_hw: [usize; 2],
-    a_step: [usize; 2],
-    base: [i64; 2],
-    out_c: usize,
-    out_cg: usize,
-    out_hw: [usize; 2],
-    o_step: [usize; 2],
-    first: [usize; 2],
-    reduce: usize,
-    w_group: usize,
-    w_col: usize,
-    lattice: Lattice,
-    /// A 1x1 kernel without padding: one tap per channel, always in bounds.
-    pointwise: bool,
-}
-
-impl GemmJob {
-    /// Workgroup tiles of one split.
-    fn tiles(&self, tile: Tile) -> usize {
-        (self.n * self.rows * self.cols).div_ceil(tile.bm as usize)
-            * self.out_cg.div_ceil(tile.bn as usize)
-            * self.groups
-    }
-
-    /// The dispatch of this job; `binds` are activation, weight, bias and output. `split` is
-    /// `(splits, out_len)`: with more than one split, each writes its partial sums `out_len`
-    /// elements after the previous one's.
-    fn step(
-        &self,
-        tile: Tile,
-        binds: [Slot; 4],
-        offsets: (u32, u32),
-        has_bias: bool,
-        split: (usize, usize),
-    ) -> Result<Step> {
-        let (act_off, out_off) = offsets;
-        let lat = self.lattice;
-        // The farthest tap's shift, which the kernel forms as t * tap_dh in i32.
-        for a in 0..2 {
-            let far = lat.shift[a].unsigned_abs() as u128 * lat.taps[a].saturating_sub(1) as u128;
-            if far > i32::MAX as u128 {
-                return Err(overflow("tap shift"));
-            }
-        }
-        let (splits, out_len) = split;
-        let total = self.tiles(tile) * splits;
-        let split_len = self
-            .reduce
-            .div_ceil(splits)
-            .div_ceil(tile.bk as usize)
-            .max(1)
-            * tile.bk as usize;
-        let params = GemmParams {
-            n: to_u32(self.n, "batch chunk")?,
-            rows: to_u32(self.rows, "rows")?,
-            cols: to_u32(self.cols, "columns")?,
-            groups: to_u32(self.groups, "groups")?,
-            in_c: to_u32(self.in_c, "input channels")?,
-            in_cg: to_u32(self.in_cg, "input channels per group")?,
-            in_h: to_u32(self.in_hw[0], "input height")?,
-            in_w: to_u32(self.in_hw[1], "input width")?,
-            a_step_h: to_u32(self.a_step[0], "row step")?,
-            a_step_w: to_u32(self.a_step[1], "column step")?,
-            base_h: to_i32_bits(self.base[0], "base row")?,
-            base_w: to_i32_bits(self.base[1], "base column")?,
-            out_c: to_u32(self.out_c, "output channels")?,
-            out_cg: to_u32(self.out_cg, "output channels per group")?,
-            out_h: to_u32(self.out_hw[0], "output height")?,
-            out_w: to_u32(self.out_hw[1], "output width")?,
-            o_step_h: to_u32(self.o_step[0], "output row step")?,
-            o_step_w: to_u32(self.o_step[1], "output column step")?,
-            first_h: to_u32(self.first[0], "first row")?,
-            first_w: to_u32(self.first[1], "first column")?,
-            reduce: to_u32(self.reduce, "reduction length")?,
-            w_group: to_u32(self.w_group, "weights per group")?,
-            w_col: to_u32(self.w_col, "weights per column")?,
-            act_off,
-            w_off: 0,
-            out_off,
-            b_off: 0,
-            has_bias: has_bias as u32,
-            tiles_m: to_u32(
-                (self.n * self.rows * self.cols).div_ceil(tile.bm as usize),
-                "row tiles",
-            )?,
-            tiles_n: to_u32(self.out_cg.div_ceil(tile.bn as usize), "column tiles")?,
-            total: to_u32(total, "tiles")?,
-            splits: to_u32(splits, "splits")?,
-            split_len: to_u32(split_len, "split length")?,
-            out_len: to_u32(out_len, "partial length")?,
-            tap_rows: to_u32(lat.taps[0], "tap rows")?,
-            tap_cols: to_u32(lat.taps[1], "tap columns")?,
-            tap_dh: to_i32_bits(lat.shift[0], "tap row shift")?,
-            tap_dw: to_i32_bits(lat.shift[1], "tap column shift")?,
-            w_per_ch: to_u32(lat.w_steps[0], "weights per channel")?,
-            w_per_row: to_u32(lat.w_steps[1], "weights per tap row")?,
-            w_per_col: to_u32(lat.w_steps[2], "weights per tap column")?,
-            w_first: to_u32(lat.w_first, "first weight")?,
-            _pad0: 0,
-            _pad1: 0,
-        };
-        Ok(Step {
-            kernel: Kernel::Conv2dGemm(tile, self.pointwise),
-            params: params_bytes(&params),
-            binds: binds.to_vec(),
-            items: total as u64,
-        })
-    }
-}
-
-/// The dispatches of implicit-GEMM jobs that together write one batch chunk of `elems`
-/// outputs into `out` (at element `out_off` of its window): straight into it with one split,
-/// else into the partial buffer and summed into it by a second pass.
-#[allow(clippy::too_many_arguments)]
-fn gemm_chunk(
-    steps: &mut Vec<Step>,
-    jobs: &[GemmJob],
-    tile: Tile,
-    inputs: [Slot; 3],
-    act_off: u32,
-    out: (Slot, u32),
-    elems: usize,
-    has_bias: bool,
-    splits: usize,
-) -> Result<()> {
-    let [act, w, b] = inputs;
-    let (target, off, len) = if splits > 1 {
-        (Slot::whole(Role::Partial, splits * elems), 0, elems)
-    } else {
-        (out.0, out.1, 0)
-    };
-    for job in jobs {
-        let binds = [act, w, b, target];
-        steps.push(job.step(tile, binds, (act_off, off), has_bias, (splits, len))?);
-    }
-    if splits > 1 {
-        steps.push(reduce_step(target, out.0, out.1, elems, splits, false));
-    }
-    Ok(())
+    }))
 }
 
 /// Scratch of split-K partial outputs (none for one split).
@@ -340,12 +162,7 @@ pub fn conv2d_forward(p: &DeviceProfile, g: &Conv2dGeometry, has_bias: bool) -> 
             total: to_u32(total, "outputs per chunk")?,
             ..base
         };
-        steps.push(Step {
-            kernel,
-            params: params_bytes(&params),
-            binds: vec![xb, wb, bb, yb],
-            items: total as u64,
-        });
+        steps.push(Step::new(kernel, &params, vec![xb, wb, bb, yb], total));
     }
     Ok(ConvPlan {
         algorithm: algorithm(tiled, depthwise),
@@ -448,12 +265,7 @@ pub fn conv2d_backward_input(p: &DeviceProfile, g: &Conv2dGeometry) -> Result<Co
             total: to_u32(total, "inputs per chunk")?,
             ..base
         };
-        steps.push(Step {
-            kernel,
-            params: params_bytes(&params),
-            binds: vec![dyb, wb, dxb],
-            items: total as u64,
-        });
+        steps.push(Step::new(kernel, &params, vec![dyb, wb, dxb], total));
     }
     Ok(ConvPlan {
         algorithm: algorithm(phases.is_some(), depthwise),
@@ -466,6 +278,25 @@ pub fn conv2d_backward_input(p: &DeviceProfile, g: &Conv2dGeometry) -> Result<Co
     })
 }
 
+/// Batch chunks of a reduction over N·OH·OW of `plane` pixels a sample (one `(0, 0)` chunk when
+/// `empty`: nothing is reduced, but the output is still written), and the longest chunk's
+/// reduction length.
+fn reduction_chunks(
+    p: &DeviceProfile,
+    n: usize,
+    plane: usize,
+    empty: bool,
+    units: &[(usize, &str)],
+) -> Result<(Vec<(usize, usize)>, usize)> {
+    let chunks = if empty {
+        vec![(0, 0)]
+    } else {
+        p.chunks(n, units)?
+    };
+    let longest = chunks.iter().map(|&(a, b)| (b - a) * plane).max();
+    Ok((chunks, longest.unwrap_or(0)))
+}
+
 /// dW: per-workgroup partial sums over N·OH·OW and an ordered second pass per batch chunk
 /// (deterministic, no atomics).
 pub fn conv2d_backward_weight(p: &DeviceProfile, g: &Conv2dGeometry) -> Result<ConvPlan> {
@@ -473,16 +304,8 @@ pub fn conv2d_backward_weight(p: &DeviceProfile, g: &Conv2dGeometry) -> Result<C
     p.check_bindable(elems, "dW")?;
     let base = conv_params(g)?;
     let (xu, yu) = (g.c * g.h * g.w, g.k * g.oh * g.ow);
-    let chunks = if g.n == 0 {
-        vec![(0, 0)]
-    } else {
-        p.chunks(g.n, &[(xu, "input sample"), (yu, "dy sample")])?
-    };
-    let max_count = chunks
-        .iter()
-        .map(|&(a, b)| (b - a) * g.oh * g.ow)
-        .max()
-        .unwrap_or(0);
+    let units = [(xu, "input sample"), (yu, "dy sample")];
+    let (chunks, max_count) = reduction_chunks(p, g.n, g.oh * g.ow, g.n == 0, &units)?;
     let tiled = forward_uses_gemm(p, g);
     let depthwise = use_depthwise(p, g, tiled);
     let tile = dw_tile(p);
@@ -541,12 +364,7 @@ pub fn conv2d_backward_weight(p: &DeviceProfile, g: &Conv2dGeometry) -> Result<C
                 total: to_u32(total, "dW workgroups")?,
                 ..params
             };
-            steps.push(Step {
-                kernel,
-                params: params_bytes(&params),
-                binds: vec![xb, dyb, pb],
-                items: total as u64,
-            });
+            steps.push(Step::new(kernel, &params, vec![xb, dyb, pb], total));
         }
         let out = Slot::whole(Role::Out, elems);
         let used = if count > 0 { nsplit } else { 0 };
@@ -574,16 +392,8 @@ pub fn conv2d_backward_bias(p: &DeviceProfile, dy: [usize; 4]) -> Result<ConvPla
         ..Default::default()
     };
     let yu = k * oh * ow;
-    let chunks = if n * oh * ow == 0 {
-        vec![(0, 0)]
-    } else {
-        p.chunks(n, &[(yu, "dy sample")])?
-    };
-    let max_count = chunks
-        .iter()
-        .map(|&(a, b)| (b - a) * oh * ow)
-        .max()
-        .unwrap_or(0);
+    let units = [(yu, "dy sample")];
+    let (chunks, max_count) = reduction_chunks(p, n, oh * ow, n * oh * ow == 0, &units)?;
     let max_splits = reduction_splits(max_count, k).0;
     let mut steps = Vec::new();
     for (ci, &(n0, n1)) in chunks.iter().enumerate() {
@@ -600,12 +410,12 @@ pub fn conv2d_backward_bias(p: &DeviceProfile, dy: [usize; 4]) -> Result<ConvPla
                 split_len: to_u32(split_len, "db split length")?,
                 ..base
             };
-            steps.push(Step {
-                kernel: Kernel::Conv2dBackwardBias,
-                params: params_bytes(&params),
-                binds: vec![dyb, pb],
-                items: (nsplit * k) as u64,
-            });
+            steps.push(Step::new(
+                Kernel::Conv2dBackwardBias,
+                &params,
+                vec![dyb, pb],
+                nsplit * k,
+            ));
         }
         let out = Slot::whole(Role::Out, k);
         let used = if count > 0 { nsplit } else { 0 };

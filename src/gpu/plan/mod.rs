@@ -5,6 +5,7 @@
 //! bind the plan's [`Role`]s to their tensors and submit.
 
 mod conv;
+mod gemm;
 mod phases;
 mod pool;
 mod profile;
@@ -78,6 +79,23 @@ pub struct Step {
     pub binds: Vec<Slot>,
     /// Work items.
     pub items: u64,
+}
+
+impl Step {
+    /// A step of `kernel` with the params block `params`.
+    pub fn new<P: bytemuck::Pod>(
+        kernel: Kernel,
+        params: &P,
+        binds: Vec<Slot>,
+        items: usize,
+    ) -> Step {
+        Step {
+            kernel,
+            params: bytemuck::bytes_of(params).to_vec(),
+            binds,
+            items: items as u64,
+        }
+    }
 }
 
 impl std::fmt::Display for Step {

@@ -24,6 +24,8 @@ pub struct Lattice {
 /// lattice of kernel taps that reach them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Phase {
+    /// The phase's taps.
+    pub lattice: Lattice,
     /// First input row and column of the phase.
     pub first: [usize; 2],
     /// Input rows and columns of the phase.
@@ -32,8 +34,6 @@ pub struct Phase {
     pub base: [i64; 2],
     /// Reduction length `kg * taps_h * taps_w`.
     pub reduce: usize,
-    /// The phase's taps.
-    pub lattice: Lattice,
 }
 
 fn gcd(a: usize, b: usize) -> usize {
@@ -226,21 +226,13 @@ mod tests {
             };
             let phases = dx_phases(&g);
             let before = g.transposed_padding();
-            for pos in 0..g.h {
-                let want = explicit(pos, g.kh, g.stride[0], g.dilation[0], g.oh, before[0].0);
-                assert_eq!(
-                    phased(&phases, &g, 0, pos),
-                    want,
-                    "case {case} {g:?} row {pos}"
-                );
-            }
-            for pos in 0..g.w {
-                let want = explicit(pos, g.kw, g.stride[1], g.dilation[1], g.ow, before[1].0);
-                assert_eq!(
-                    phased(&phases, &g, 1, pos),
-                    want,
-                    "case {case} {g:?} column {pos}"
-                );
+            let axes = [(g.h, g.kh, g.oh), (g.w, g.kw, g.ow)];
+            for (a, &(len, k, out)) in axes.iter().enumerate() {
+                for pos in 0..len {
+                    let want = explicit(pos, k, g.stride[a], g.dilation[a], out, before[a].0);
+                    let got = phased(&phases, &g, a, pos);
+                    assert_eq!(got, want, "case {case} {g:?} axis {a} position {pos}");
+                }
             }
             // Every input element is in exactly one phase.
             let covered: usize = phases.iter().map(|ph| ph.rows[0] * ph.rows[1]).sum();

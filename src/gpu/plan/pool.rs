@@ -3,7 +3,7 @@
 
 use super::{DeviceProfile, Role, Step};
 use crate::error::Result;
-use crate::gpu::kernels::{Kernel, PoolParams, to_u32};
+use crate::gpu::kernels::{Kernel, PoolParams, sizes, to_u32};
 use crate::spec::Pool2dGeometry;
 
 /// The four pool ops.
@@ -75,22 +75,22 @@ fn pool_params(g: &Pool2dGeometry, count_include_pad: bool) -> Result<PoolParams
             .and_then(|v| v.checked_add(1));
         to_u32(span.unwrap_or(usize::MAX), what)?;
     }
-    Ok(PoolParams {
-        h: to_u32(g.h, "H")?,
-        w: to_u32(g.w, "W")?,
-        oh: to_u32(g.oh, "OH")?,
-        ow: to_u32(g.ow, "OW")?,
-        kh: to_u32(s.kernel[0], "kernel height")?,
-        kw: to_u32(s.kernel[1], "kernel width")?,
-        stride_h: to_u32(s.stride[0], "stride height")?,
-        stride_w: to_u32(s.stride[1], "stride width")?,
-        pad_h: to_u32(s.padding[0], "padding height")?,
-        pad_w: to_u32(s.padding[1], "padding width")?,
-        dil_h: to_u32(s.dilation[0], "dilation height")?,
-        dil_w: to_u32(s.dilation[1], "dilation width")?,
-        count_include_pad: count_include_pad as u32,
+    Ok(sizes!(PoolParams {
+        h: g.h => "H",
+        w: g.w => "W",
+        oh: g.oh => "OH",
+        ow: g.ow => "OW",
+        kh: s.kernel[0] => "kernel height",
+        kw: s.kernel[1] => "kernel width",
+        stride_h: s.stride[0] => "stride height",
+        stride_w: s.stride[1] => "stride width",
+        pad_h: s.padding[0] => "padding height",
+        pad_w: s.padding[1] => "padding width",
+        dil_h: s.dilation[0] => "dilation height",
+        dil_w: s.dilation[1] => "dilation width",
+        count_include_pad = count_include_pad as u32,
         ..Default::default()
-    })
+    }))
 }
 
 /// The dispatches of a pool op on a geometry whose result is not empty (`count_include_pad`
@@ -131,12 +131,7 @@ pub fn pool(
             }
             binds.push(slot);
         }
-        steps.push(Step {
-            kernel,
-            params: bytemuck::bytes_of(&params).to_vec(),
-            binds,
-            items: u64::from(params.total),
-        });
+        steps.push(Step::new(kernel, &params, binds, params.total as usize));
     }
     Ok(steps)
 }
