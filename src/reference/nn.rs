@@ -19,7 +19,7 @@ use ndarray::{
 
 use super::{Element, check_bias};
 use crate::error::{Result, invalid, mismatch};
-use crate::nn::SgdOptions;
+use crate::spec::SgdOptions;
 
 /// `y = max(x, 0)`; NaN passes through, as in PyTorch.
 pub fn relu_forward<A: Element, D: Dimension>(x: ArrayView<A, D>) -> Array<A, D> {

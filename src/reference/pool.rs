@@ -4,18 +4,10 @@
 use ndarray::{Array4, ArrayView4};
 
 use super::{Element, dims4};
-use crate::error::{Error, Result, invalid, mismatch};
+use crate::error::{Result, invalid, mismatch};
 use crate::spec::Pool2dSpec;
-
-/// Indices are `u32` flat positions in an `H × W` plane.
-pub(crate) fn check_plane_indexable(h: usize, w: usize) -> Result<()> {
-    match h.checked_mul(w) {
-        Some(p) if p <= 1 << 32 => Ok(()),
-        _ => Err(Error::Overflow(format!(
-            "max-pool input plane {h} x {w} has more elements than u32 indices can address"
-        ))),
-    }
-}
+// Shape math, defined in `spec`; also reachable here, where the GPU driver calls it.
+pub(crate) use crate::spec::check_plane_indexable;
 
 /// Max-pool forward: each window scanned row-major from its first in-bounds element, taking `v`
 /// when `v > max || v.is_nan()`.
