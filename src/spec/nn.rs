@@ -2,7 +2,7 @@
 //! [`reference::nn::sgd_step`](crate::reference::nn::sgd_step) and
 //! [`Gpu::sgd_step`](crate::Gpu::sgd_step).
 
-use crate::error::{Result, invalid};
+use crate::error::{Result, invalid, mismatch};
 
 /// Hyperparameters of SGD (`torch.optim.SGD` without dampening or Nesterov).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -29,4 +29,26 @@ impl SgdOptions {
         }
         Ok(())
     }
+}
+
+/// Checks the shapes of one SGD step: the gradient and the momentum buffer (when there is one)
+/// must have the parameter's shape.
+pub(crate) fn check_sgd_shapes(
+    param: &[usize],
+    grad: &[usize],
+    momentum_buffer: Option<&[usize]>,
+) -> Result<()> {
+    if param != grad {
+        return Err(mismatch(format!(
+            "sgd_step: grad shape {grad:?} differs from the parameter's {param:?}"
+        )));
+    }
+    if let Some(buf) = momentum_buffer
+        && buf != param
+    {
+        return Err(mismatch(format!(
+            "sgd_step: momentum buffer shape {buf:?} differs from the parameter's {param:?}"
+        )));
+    }
+    Ok(())
 }
