@@ -21,6 +21,57 @@ fn hw(x: &Tensor, layer: &str) -> Result<[usize; 2]> {
     }
 }
 
+/// The accessors of a layer whose parameters are the [`WeightBias`] in `self.params`.
+macro_rules! weight_bias_accessors {
+    () => {
+        /// The weight.
+        pub fn weight(&self) -> &Tensor {
+            &self.params.weight
+        }
+        /// The bias.
+        pub fn bias(&self) -> Option<&Tensor> {
+            self.params.bias.as_ref()
+        }
+        /// The weight gradient of the last backward.
+        pub fn weight_grad(&self) -> Option<&Tensor> {
+            self.params.dw.as_ref()
+        }
+        /// The bias gradient of the last backward.
+        pub fn bias_grad(&self) -> Option<&Tensor> {
+            self.params.db.as_ref()
+        }
+    };
+}
+
+/// The [`Layer`] methods that hand out the [`WeightBias`] in `self.params`; `$layer` names the
+/// layer in its description.
+macro_rules! weight_bias_layer_methods {
+    ($layer:literal) => {
+        fn parameters_mut(&mut self) -> Vec<Param<'_>> {
+            self.params.parameters_mut()
+        }
+        fn parameters(&self) -> Vec<&Tensor> {
+            self.params.parameters()
+        }
+        fn describe(&self) -> String {
+            self.params.describe($layer)
+        }
+    };
+}
+
+/// A bias of `len` draws from `U(-bound, bound)` (after the weight's), on the GPU; `None`
+/// without one.
+fn uniform_bias(
+    gpu: &Gpu,
+    rng: &mut Rng,
+    bias: bool,
+    len: usize,
+    bound: f64,
+) -> Result<Option<Tensor>> {
+    bias.then(|| gpu.upload(&Array1::from(uniform_values(rng, len, bound))))
+        .transpose()
+}
+
 /// 2-D convolution with a weight `[K, C/groups, kh, kw]` and an optional bias `[K]`.
 pub struct Conv2d {
     params: WeightBias,
@@ -57,11 +108,7 @@ impl Conv2d {
             uniform_values(rng, out_channels * cg * kernel[0] * kernel[1], bound),
         )
         .map_err(|e| mismatch(e.to_string()))?;
-        let b = if bias {
-            Some(gpu.upload(&Array1::from(uniform_values(rng, out_channels, bound)))?)
-        } else {
-            None
-        };
+        let b = uniform_bias(gpu, rng, bias, out_channels, bound)?;
         Self::from_parameters(gpu.upload(&w)?, b, spec)
     }
 
@@ -81,22 +128,7 @@ impl Conv2d {
         })
     }
 
-    /// The weight.
-    pub fn weight(&self) -> &Tensor {
-        &self.params.weight
-    }
-    /// The bias.
-    pub fn bias(&self) -> Option<&Tensor> {
-        self.params.bias.as_ref()
-    }
-    /// The weight gradient of the last backward.
-    pub fn weight_grad(&self) -> Option<&Tensor> {
-        self.params.dw.as_ref()
-    }
-    /// The bias gradient of the last backward.
-    pub fn bias_grad(&self) -> Option<&Tensor> {
-        self.params.db.as_ref()
-    }
+    weight_bias_accessors!();
 }
 
 impl Layer for Conv2d {
@@ -127,15 +159,7 @@ impl Layer for Conv2d {
         }
         Ok(())
     }
-    fn parameters_mut(&mut self) -> Vec<Param<'_>> {
-        self.params.parameters_mut()
-    }
-    fn parameters(&self) -> Vec<&Tensor> {
-        self.params.parameters()
-    }
-    fn describe(&self) -> String {
-        self.params.describe("Conv2d")
-    }
+    weight_bias_layer_methods!("Conv2d");
 }
 
 /// Fully connected layer `y = x · wᵀ + b`, weight `[out, in]`, bias `[out]`.
@@ -160,11 +184,7 @@ impl Linear {
             uniform_values(rng, out_features * in_features, bound),
         )
         .map_err(|e| mismatch(e.to_string()))?;
-        let b = if bias {
-            Some(gpu.upload(&Array1::from(uniform_values(rng, out_features, bound)))?)
-        } else {
-            None
-        };
+        let b = uniform_bias(gpu, rng, bias, out_features, bound)?;
         Self::from_parameters(gpu.upload(&w)?, b)
     }
 
@@ -182,22 +202,7 @@ impl Linear {
         })
     }
 
-    /// The weight.
-    pub fn weight(&self) -> &Tensor {
-        &self.params.weight
-    }
-    /// The bias.
-    pub fn bias(&self) -> Option<&Tensor> {
-        self.params.bias.as_ref()
-    }
-    /// The weight gradient of the last backward.
-    pub fn weight_grad(&self) -> Option<&Tensor> {
-        self.params.dw.as_ref()
-    }
-    /// The bias gradient of the last backward.
-    pub fn bias_grad(&self) -> Option<&Tensor> {
-        self.params.db.as_ref()
-    }
+    weight_bias_accessors!();
 }
 
 impl Layer for Linear {
@@ -222,15 +227,7 @@ impl Layer for Linear {
         }
         Ok(())
     }
-    fn parameters_mut(&mut self) -> Vec<Param<'_>> {
-        self.params.parameters_mut()
-    }
-    fn parameters(&self) -> Vec<&Tensor> {
-        self.params.parameters()
-    }
-    fn describe(&self) -> String {
-        self.params.describe("Linear")
-    }
+    weight_bias_layer_methods!("Linear");
 }
 
 /// ReLU; keeps its input for the backward.

@@ -37,36 +37,13 @@
 mod layers;
 
 pub use layers::{AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d, Relu};
+// The hyperparameters of `Sgd`, defined with the other options in `spec` (which the reference
+// and the GPU driver use without depending on this module).
+#[doc(inline)]
+pub use crate::spec::SgdOptions;
 
 use crate::error::{Result, invalid};
 use crate::{Gpu, Tensor};
-
-/// Hyperparameters of SGD (`torch.optim.SGD` without dampening or Nesterov).
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct SgdOptions {
-    /// Learning rate.
-    pub lr: f64,
-    /// Momentum factor; 0 keeps no momentum buffer.
-    pub momentum: f64,
-    /// L2 penalty added to the gradient: `g = grad + weight_decay · p`.
-    pub weight_decay: f64,
-}
-
-impl SgdOptions {
-    /// Errs unless every hyperparameter is finite and non-negative.
-    pub fn validate(&self) -> Result<()> {
-        for (name, v) in [
-            ("lr", self.lr),
-            ("momentum", self.momentum),
-            ("weight_decay", self.weight_decay),
-        ] {
-            if !(v.is_finite() && v >= 0.0) {
-                return Err(invalid(format!("SGD {name} = {v} must be finite and >= 0")));
-            }
-        }
-        Ok(())
-    }
-}
 
 /// A seeded random number generator (SplitMix64) for initialisation and shuffling: the same
 /// seed gives the same numbers on every platform.

@@ -5,7 +5,7 @@ use ndarray::{Array4, ArrayView1, ArrayView4};
 
 use super::{Element, check_bias, dims4};
 use crate::error::Result;
-use crate::spec::Conv2dSpec;
+use crate::spec::{Conv2dGeometry, Conv2dSpec};
 
 /// Input position of output position `o` and kernel tap `i` along one axis, or `None` in the
 /// padding.
@@ -21,6 +21,17 @@ pub(crate) fn tap(
     (o * stride + i * dilation)
         .checked_sub(pad_before)
         .filter(|&p| p < len)
+}
+
+/// Input position `[ih, iw]` that output `(oh, ow)` reads through kernel tap `(i, j)`, each
+/// `None` in the padding.
+#[inline]
+fn taps(g: &Conv2dGeometry, [oh, ow]: [usize; 2], [i, j]: [usize; 2]) -> [Option<usize>; 2] {
+    let (p, s, d) = (g.padding, g.stride, g.dilation);
+    [
+        tap(oh, i, s[0], d[0], p.top, g.h),
+        tap(ow, j, s[1], d[1], p.left, g.w),
+    ]
 }
 
 /// `x[n, c, ih, iw]`, or the zero of the padding. The zero is multiplied like any input, so a
@@ -44,7 +55,6 @@ pub fn conv2d_forward<A: Element>(
     let g = spec.forward_geometry(dims4(&x), dims4(&w))?;
     check_bias(bias.as_ref(), g.k)?;
     let (cg, kg) = (g.cg(), g.kg());
-    let (p, s, d) = (g.padding, g.stride, g.dilation);
     let mut y = super::zeros4(g.y_shape(), "output")?;
     for n in 0..g.n {
         for k in 0..g.k {
@@ -55,15 +65,7 @@ pub fn conv2d_forward<A: Element>(
                     for c in 0..cg {
                         for i in 0..g.kh {
                             for j in 0..g.kw {
-                                let xv = padded(
-                                    &x,
-                                    n,
-                                    c0 + c,
-                                    [
-                                        tap(oh, i, s[0], d[0], p.top, g.h),
-                                        tap(ow, j, s[1], d[1], p.left, g.w),
-                                    ],
-                                );
+                                let xv = padded(&x, n, c0 + c, taps(&g, [oh, ow], [i, j]));
                                 acc += xv * w[[k, c, i, j]];
                             }
                         }
@@ -86,7 +88,6 @@ pub fn conv2d_backward_input<A: Element>(
 ) -> Result<Array4<A>> {
     let g = spec.backward_input_geometry(dims4(&dy), dims4(&w), input_hw)?;
     let (cg, kg) = (g.cg(), g.kg());
-    let (p, s, d) = (g.padding, g.stride, g.dilation);
     let mut dx = super::zeros4(g.x_shape(), "dx")?;
     for n in 0..g.n {
         for k in 0..g.k {
@@ -97,10 +98,7 @@ pub fn conv2d_backward_input<A: Element>(
                     for c in 0..cg {
                         for i in 0..g.kh {
                             for j in 0..g.kw {
-                                let (Some(ih), Some(iw)) = (
-                                    tap(oh, i, s[0], d[0], p.top, g.h),
-                                    tap(ow, j, s[1], d[1], p.left, g.w),
-                                ) else {
+                                let [Some(ih), Some(iw)] = taps(&g, [oh, ow], [i, j]) else {
                                     continue;
                                 };
                                 dx[[n, c0 + c, ih, iw]] += gy * w[[k, c, i, j]];
@@ -123,7 +121,6 @@ pub fn conv2d_backward_weight<A: Element>(
 ) -> Result<Array4<A>> {
     let g = spec.backward_weight_geometry(dims4(&x), dims4(&dy), kernel_hw)?;
     let (cg, kg) = (g.cg(), g.kg());
-    let (p, s, d) = (g.padding, g.stride, g.dilation);
     let mut dw = super::zeros4(g.w_shape(), "dW")?;
     for k in 0..g.k {
         let c0 = (k / kg) * cg;
@@ -134,15 +131,7 @@ pub fn conv2d_backward_weight<A: Element>(
                     for n in 0..g.n {
                         for oh in 0..g.oh {
                             for ow in 0..g.ow {
-                                let xv = padded(
-                                    &x,
-                                    n,
-                                    c0 + c,
-                                    [
-                                        tap(oh, i, s[0], d[0], p.top, g.h),
-                                        tap(ow, j, s[1], d[1], p.left, g.w),
-                                    ],
-                                );
+                                let xv = padded(&x, n, c0 + c, taps(&g, [oh, ow], [i, j]));
                                 acc += xv * dy[[n, k, oh, ow]];
                             }
                         }

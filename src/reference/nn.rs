@@ -19,7 +19,7 @@ use ndarray::{
 
 use super::{Element, check_bias};
 use crate::error::{Result, invalid, mismatch};
-use crate::nn::SgdOptions;
+use crate::spec::{SgdOptions, check_sgd_shapes};
 
 /// `y = max(x, 0)`; NaN passes through, as in PyTorch.
 pub fn relu_forward<A: Element, D: Dimension>(x: ArrayView<A, D>) -> Array<A, D> {
@@ -177,22 +177,11 @@ pub fn sgd_step<A: Element, D: Dimension>(
     options: &SgdOptions,
 ) -> Result<()> {
     options.validate()?;
-    if param.shape() != grad.shape() {
-        return Err(mismatch(format!(
-            "sgd_step: grad shape {:?} differs from the parameter's {:?}",
-            grad.shape(),
-            param.shape()
-        )));
-    }
-    if let Some(buf) = momentum_buffer
-        && buf.shape() != param.shape()
-    {
-        return Err(mismatch(format!(
-            "sgd_step: momentum buffer shape {:?} differs from the parameter's {:?}",
-            buf.shape(),
-            param.shape()
-        )));
-    }
+    check_sgd_shapes(
+        param.shape(),
+        grad.shape(),
+        momentum_buffer.as_ref().map(|b| b.shape()),
+    )?;
     let cast = |v: f64| A::from(v).expect("hyperparameter as a float");
     let (lr, momentum, wd) = (
         cast(options.lr),

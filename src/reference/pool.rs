@@ -1,21 +1,15 @@
 //! Max- and average-pooling as direct loops that follow PyTorch's CPU kernels step for step:
 //! the same window bounds, the same scan order, the same divisors.
 
+use std::ops::Range;
+
 use ndarray::{Array4, ArrayView4};
 
 use super::{Element, dims4};
-use crate::error::{Error, Result, invalid, mismatch};
-use crate::spec::Pool2dSpec;
-
-/// Indices are `u32` flat positions in an `H × W` plane.
-pub(crate) fn check_plane_indexable(h: usize, w: usize) -> Result<()> {
-    match h.checked_mul(w) {
-        Some(p) if p <= 1 << 32 => Ok(()),
-        _ => Err(Error::Overflow(format!(
-            "max-pool input plane {h} x {w} has more elements than u32 indices can address"
-        ))),
-    }
-}
+use crate::error::{Result, invalid, mismatch};
+use crate::spec::{Pool2dGeometry, Pool2dSpec};
+// Shape math, defined in `spec`; also reachable here, where the GPU driver calls it.
+pub(crate) use crate::spec::check_plane_indexable;
 
 /// Max-pool forward: each window scanned row-major from its first in-bounds element, taking `v`
 /// when `v > max || v.is_nan()`.
@@ -85,6 +79,28 @@ pub fn max_pool2d_backward<A: Element>(
     Ok(dx)
 }
 
+/// Calls `f([n, c, oh, ow], rows, cols, divisor)` for every window of an average pool, in output
+/// order: `rows` and `cols` are the window clipped to the input, `divisor` PyTorch's.
+fn for_each_avg_window<A: Element>(
+    g: &Pool2dGeometry,
+    count_include_pad: bool,
+    mut f: impl FnMut([usize; 4], Range<usize>, Range<usize>, A),
+) {
+    for n in 0..g.n {
+        for c in 0..g.c {
+            for oh in 0..g.oh {
+                let (h0, h1, _) = g.avg_window(0, oh);
+                for ow in 0..g.ow {
+                    let (w0, w1, _) = g.avg_window(1, ow);
+                    let div = g.avg_divisor(oh, ow, count_include_pad);
+                    let div = A::from(div).expect("divisor fits a float");
+                    f([n, c, oh, ow], h0..h1, w0..w1, div);
+                }
+            }
+        }
+    }
+}
+
 /// Average-pool forward: the window's sum (zero padding) over PyTorch's divisor.
 pub fn avg_pool2d_forward<A: Element>(
     x: ArrayView4<A>,
@@ -93,24 +109,19 @@ pub fn avg_pool2d_forward<A: Element>(
 ) -> Result<Array4<A>> {
     let g = spec.avg_geometry(dims4(&x))?;
     let mut y = super::zeros4(g.y_shape(), "output")?;
-    for n in 0..g.n {
-        for c in 0..g.c {
-            for oh in 0..g.oh {
-                let (h0, h1, _) = g.avg_window(0, oh);
-                for ow in 0..g.ow {
-                    let (w0, w1, _) = g.avg_window(1, ow);
-                    let mut sum = A::zero();
-                    for ih in h0..h1 {
-                        for iw in w0..w1 {
-                            sum += x[[n, c, ih, iw]];
-                        }
-                    }
-                    let div = g.avg_divisor(oh, ow, count_include_pad);
-                    y[[n, c, oh, ow]] = sum / A::from(div).expect("divisor fits a float");
+    for_each_avg_window(
+        &g,
+        count_include_pad,
+        |[n, c, oh, ow], rows, cols, div: A| {
+            let mut sum = A::zero();
+            for ih in rows {
+                for iw in cols.clone() {
+                    sum += x[[n, c, ih, iw]];
                 }
             }
-        }
-    }
+            y[[n, c, oh, ow]] = sum / div;
+        },
+    );
     Ok(y)
 }
 
@@ -123,22 +134,17 @@ pub fn avg_pool2d_backward<A: Element>(
 ) -> Result<Array4<A>> {
     let g = spec.backward_geometry(dims4(&dy), input_hw, true)?;
     let mut dx = super::zeros4(g.x_shape(), "dx")?;
-    for n in 0..g.n {
-        for c in 0..g.c {
-            for oh in 0..g.oh {
-                let (h0, h1, _) = g.avg_window(0, oh);
-                for ow in 0..g.ow {
-                    let (w0, w1, _) = g.avg_window(1, ow);
-                    let div = g.avg_divisor(oh, ow, count_include_pad);
-                    let v = dy[[n, c, oh, ow]] / A::from(div).expect("divisor fits a float");
-                    for ih in h0..h1 {
-                        for iw in w0..w1 {
-                            dx[[n, c, ih, iw]] += v;
-                        }
-                    }
+    for_each_avg_window(
+        &g,
+        count_include_pad,
+        |[n, c, oh, ow], rows, cols, div: A| {
+            let v = dy[[n, c, oh, ow]] / div;
+            for ih in rows {
+                for iw in cols.clone() {
+                    dx[[n, c, ih, iw]] += v;
                 }
             }
-        }
-    }
+        },
+    );
     Ok(dx)
 }
