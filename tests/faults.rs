@@ -73,7 +73,9 @@ impl Inputs {
 /// Every public call on `gpu`, each reduced to `Ok(())` or its error, with a name.
 fn every_call(gpu: &Gpu, t: &Inputs, made_before: &[&Tensor]) -> Vec<(String, wgconv::Result<()>)> {
     let hw = [t.x.shape()[2], t.x.shape()[3]];
-    let ok = |r: wgconv::Result<Tensor>| r.map(|_| ());
+    // An eager op submits without waiting (no poll): after a loss it may return a tensor, but
+    // never data. Its result counts as the download of what it returned.
+    let ok = |r: wgconv::Result<Tensor>| r.and_then(|t| gpu.download(&t).map(|_| ()));
     let mut out: Vec<(String, wgconv::Result<()>)> = vec![
         (
             "upload".into(),
@@ -106,7 +108,7 @@ fn every_call(gpu: &Gpu, t: &Inputs, made_before: &[&Tensor]) -> Vec<(String, wg
         ),
         (
             "max_pool2d_forward".into(),
-            gpu.max_pool2d_forward(&t.x, &t.pool).map(|_| ()),
+            ok(gpu.max_pool2d_forward(&t.x, &t.pool).map(|(y, _)| y)),
         ),
         (
             "max_pool2d_backward".into(),
@@ -138,7 +140,7 @@ fn every_call(gpu: &Gpu, t: &Inputs, made_before: &[&Tensor]) -> Vec<(String, wg
         ),
         (
             "max_pool2d_forward N=0".into(),
-            gpu.max_pool2d_forward(&t.empty_x, &t.pool).map(|_| ()),
+            ok(gpu.max_pool2d_forward(&t.empty_x, &t.pool).map(|(y, _)| y)),
         ),
         (
             "avg_pool2d_forward N=0".into(),
@@ -159,8 +161,8 @@ fn every_call(gpu: &Gpu, t: &Inputs, made_before: &[&Tensor]) -> Vec<(String, wg
     out
 }
 
-/// Destroyed while idle: every call, including downloads of tensors computed before, returns
-/// `Err(DeviceLost)`; none hands back data.
+/// Destroyed while idle: every call, including downloads of tensors computed before (and of
+/// what each op returns), returns `Err(DeviceLost)`; none hands back data.
 #[test]
 fn destroyed_device_fails_every_call() {
     let gpu = fresh(Gpu::builder());
@@ -184,8 +186,8 @@ fn destroyed_device_fails_every_call() {
 }
 
 /// Destroyed with work in flight: wgpu reports the loss only once the queue drains, and until
-/// then silently drops every call. Every call must still fail (no `Ok` tensor, no data), and the
-/// loss is reported as `DeviceLost` once the queue has drained.
+/// then silently drops every call. Every call must still fail (an op's tensor never downloads:
+/// no data), and the loss is reported as `DeviceLost` once the queue has drained.
 #[test]
 fn device_destroyed_with_work_in_flight_fails_every_call() {
     let gpu = fresh(Gpu::builder());

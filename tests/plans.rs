@@ -68,9 +68,9 @@ fn snapshot(suite: Suite, p: &DeviceProfile) -> String {
                     let g = spec.forward_geometry(x, w).unwrap();
                     let plan = match op {
                         Op::ConvForward => plan::conv2d_forward(p, &g, true),
-                        Op::ConvBackwardInput => plan::conv2d_backward_input(p, &g),
-                        Op::ConvBackwardWeight => plan::conv2d_backward_weight(p, &g),
-                        Op::ConvBackwardBias => plan::conv2d_backward_bias(p, g.y_shape()),
+                        Op::ConvBackwardInput => plan::conv2d_backward_input(p, &g, false),
+                        Op::ConvBackwardWeight => plan::conv2d_backward_weight(p, &g, false),
+                        Op::ConvBackwardBias => plan::conv2d_backward_bias(p, g.y_shape(), false),
                         _ => unreachable!(),
                     };
                     describe(&mut out, &plan.unwrap());
@@ -158,7 +158,7 @@ fn rules_pick_kernels_and_tiles_by_shape_and_driver() {
     assert_eq!(tile(&cpu), Some(Tile::NARROW_CPU));
     assert_eq!(tile(&gpu), Some(Tile::NARROW));
     // dW on a CPU driver: the medium tile.
-    let dw = |p: &DeviceProfile| plan::conv2d_backward_weight(p, &dense).unwrap().tile;
+    let dw = |p: &DeviceProfile| plan::conv2d_backward_weight(p, &dense, false).unwrap().tile;
     assert_eq!(dw(&cpu), Some(Tile::MEDIUM));
     assert_eq!(dw(&gpu), Some(Tile::LARGE));
     // Depthwise: its own kernels for forward, dx and dW; fewer than 4 output channels per group
@@ -175,11 +175,11 @@ fn rules_pick_kernels_and_tiles_by_shape_and_driver() {
             ConvAlgorithm::Depthwise
         );
         assert_eq!(
-            plan::conv2d_backward_input(p, &dwise).unwrap().algorithm,
+            plan::conv2d_backward_input(p, &dwise, false).unwrap().algorithm,
             ConvAlgorithm::Depthwise
         );
         assert_eq!(
-            plan::conv2d_backward_weight(p, &dwise).unwrap().algorithm,
+            plan::conv2d_backward_weight(p, &dwise, false).unwrap().algorithm,
             ConvAlgorithm::Depthwise
         );
     }
@@ -201,7 +201,7 @@ fn rules_pick_kernels_and_tiles_by_shape_and_driver() {
         ..Default::default()
     };
     let g = geometry([2, 32, 16, 16], [32, 32, 3, 3], s2);
-    assert_eq!(plan::conv2d_backward_input(&gpu, &g).unwrap().phases, 4);
+    assert_eq!(plan::conv2d_backward_input(&gpu, &g, false).unwrap().phases, 4);
 }
 
 #[test]

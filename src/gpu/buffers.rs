@@ -2,6 +2,7 @@
 //! training loop calling the same ops over and over stops allocating after its first step.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 /// What a pooled buffer is for; each kind has its own usage flags and free lists.
@@ -95,11 +96,19 @@ pub(crate) struct PooledBuffer {
     pool: Weak<Mutex<Pool>>,
     /// The pool's error epoch when it was taken.
     epoch: u64,
+    /// Handed out to the caller ([`Tensor::buffer`](crate::Tensor::buffer)): never recycled.
+    escaped: AtomicBool,
 }
 
 impl PooledBuffer {
     pub fn buffer(&self) -> &wgpu::Buffer {
         self.buffer.as_ref().expect("present until drop")
+    }
+
+    /// Marks the buffer handed out: on drop it is released (freed once the caller's handles go),
+    /// never recycled, so a caller holding a clone never sees another tensor's data.
+    pub fn keep_out_of_pool(&self) {
+        self.escaped.store(true, Ordering::Relaxed);
     }
 
     /// Destroys the buffer instead of returning it to the pool: after a failed or timed-out
@@ -116,6 +125,9 @@ impl Drop for PooledBuffer {
         let (Some(buffer), Some(pool)) = (self.buffer.take(), self.pool.upgrade()) else {
             return;
         };
+        if self.escaped.load(Ordering::Relaxed) {
+            return;
+        }
         let mut pool = pool.lock().unwrap_or_else(|e| e.into_inner());
         let size = buffer.size();
         if pool.stats.held_bytes + size > pool.limit_bytes || self.epoch != pool.error_epoch {
@@ -166,6 +178,7 @@ pub(crate) fn take(
         kind,
         pool: Arc::downgrade(pool),
         epoch,
+        escaped: AtomicBool::new(false),
     }
 }
 

@@ -37,6 +37,7 @@ pub struct GpuBuilder {
     tile: Option<Tile>,
     runtime_checks: Option<bool>,
     split_target: Option<usize>,
+    max_workspace_bytes: Option<u64>,
 }
 
 /// Which conv kernels the ops run.
@@ -135,13 +136,22 @@ impl GpuBuilder {
         self
     }
 
+    /// Most bytes of scratch (split-K partial sums, an accumulation's staging) one op may use;
+    /// plans pick fewer splits to stay within it, and an op that cannot is `Err` naming the
+    /// bound. Unbounded by default (each plan keeps its partial sums within 256 MiB and one
+    /// binding). See [`Gpu::conv2d_workspace_bytes`].
+    pub fn max_workspace_bytes(mut self, bytes: u64) -> Self {
+        self.max_workspace_bytes = Some(bytes);
+        self
+    }
+
     /// Selects the adapter and creates the device.
     pub fn build(self) -> Result<Gpu> {
         let backends = match self.backends {
             Some(b) => b,
             None => backends_from_env()?,
         };
-        let name = self.adapter_name.or_else(|| {
+        let name = self.adapter_name.clone().or_else(|| {
             std::env::var("WGPU_ADAPTER_NAME")
                 .ok()
                 .filter(|s| !s.is_empty())
@@ -150,31 +160,7 @@ impl GpuBuilder {
             Some(p) => Some(p),
             None => power_from_env()?,
         };
-        let runtime_checks = self.runtime_checks.unwrap_or_else(|| {
-            std::env::var("WGCONV_RUNTIME_CHECKS").is_ok_and(|v| !v.is_empty() && v != "0")
-        });
-        let checked = self.checked.unwrap_or_else(|| {
-            std::env::var("WGCONV_CHECK").is_ok_and(|v| !v.is_empty() && v != "0")
-        });
-
-        let algorithm = match self.algorithm {
-            Some(a) => a,
-            None => Algorithm::from_env()?.unwrap_or_default(),
-        };
-        let tile = match (self.tile, std::env::var("WGCONV_TILE")) {
-            (Some(t), _) => Some(t),
-            (None, Ok(v)) if !v.trim().is_empty() => Some(Tile::parse(&v).ok_or_else(|| {
-                Error::InvalidArgument(format!(
-                    "WGCONV_TILE={v:?} is not a valid bm,bn,bk,tm,tn tile"
-                ))
-            })?),
-            _ => None,
-        };
-        if let Some(t) = tile
-            && !t.is_valid()
-        {
-            return Err(Error::InvalidArgument(format!("tile {t:?} is not valid")));
-        }
+        let settings = self.settings()?;
 
         let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
         desc.backends = backends;
@@ -203,16 +189,76 @@ impl GpuBuilder {
             let mut slot = uncaptured_cb.lock().unwrap_or_else(|e| e.into_inner());
             slot.get_or_insert_with(|| e.to_string());
         }));
+        self.assemble(device, queue, info, limits, settings, lost, uncaptured)
+    }
 
+    /// A [`Gpu`] on the caller's device and queue, with the builder's options (the adapter
+    /// options do not apply). See [`Gpu::from_wgpu`].
+    pub fn build_from_wgpu(self, device: wgpu::Device, queue: wgpu::Queue) -> Result<Gpu> {
+        let settings = self.settings()?;
+        let limits = device.limits();
+        check_limits(&limits)?;
+        let info = device.adapter_info();
+        // No callbacks of ours: the caller's stay. Loss is found by the submission checks.
+        let (lost, uncaptured) = (Arc::default(), Arc::default());
+        self.assemble(device, queue, info, limits, settings, lost, uncaptured)
+    }
+
+    /// The options read from the builder and the environment.
+    fn settings(&self) -> Result<Settings> {
+        let runtime_checks = self.runtime_checks.unwrap_or_else(|| {
+            std::env::var("WGCONV_RUNTIME_CHECKS").is_ok_and(|v| !v.is_empty() && v != "0")
+        });
+        let checked = self.checked.unwrap_or_else(|| {
+            std::env::var("WGCONV_CHECK").is_ok_and(|v| !v.is_empty() && v != "0")
+        });
+        let algorithm = match self.algorithm {
+            Some(a) => a,
+            None => Algorithm::from_env()?.unwrap_or_default(),
+        };
+        let tile = match (self.tile, std::env::var("WGCONV_TILE")) {
+            (Some(t), _) => Some(t),
+            (None, Ok(v)) if !v.trim().is_empty() => Some(Tile::parse(&v).ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "WGCONV_TILE={v:?} is not a valid bm,bn,bk,tm,tn tile"
+                ))
+            })?),
+            _ => None,
+        };
+        if let Some(t) = tile
+            && !t.is_valid()
+        {
+            return Err(Error::InvalidArgument(format!("tile {t:?} is not valid")));
+        }
+        Ok(Settings {
+            runtime_checks,
+            checked,
+            algorithm,
+            tile,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn assemble(
+        self,
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        info: wgpu::AdapterInfo,
+        limits: wgpu::Limits,
+        settings: Settings,
+        lost: Arc<Mutex<Option<String>>>,
+        uncaptured: Arc<Mutex<Option<String>>>,
+    ) -> Result<Gpu> {
         let profile = DeviceProfile::new(
             &limits,
             info.device_type,
             &info.name,
             ProfileOptions {
-                algorithm,
-                tile,
+                algorithm: settings.algorithm,
+                tile: settings.tile,
                 split_target: self.split_target,
                 max_binding_bytes: self.max_binding_bytes,
+                max_workspace_bytes: self.max_workspace_bytes,
             },
         )?;
         let pool = Arc::new(Mutex::new(Pool::new(
@@ -225,6 +271,7 @@ impl GpuBuilder {
             usage: wgpu::BufferUsages::STORAGE,
             mapped_at_creation: false,
         });
+        let checked = settings.checked;
         Ok(Gpu {
             id: NEXT_GPU_ID.fetch_add(1, Ordering::Relaxed),
             device,
@@ -242,11 +289,92 @@ impl GpuBuilder {
                 self.poll_timeout.unwrap_or(Duration::from_secs(60)),
             )),
             profiler: Mutex::new(None),
-            queue_lock: Mutex::new(()),
-            runtime_checks,
+            queue_lock: Arc::new(Mutex::new(())),
+            counters: Arc::default(),
+            encoded_checks: Mutex::new(Vec::new()),
+            runtime_checks: settings.runtime_checks,
             profile,
         })
     }
+}
+
+/// The options [`GpuBuilder::settings`] resolves.
+struct Settings {
+    runtime_checks: bool,
+    checked: bool,
+    algorithm: Algorithm,
+    tile: Option<Tile>,
+}
+
+/// `Err(DeviceLimit)` naming the first limit wgconv needs that `limits` is below
+/// [`wgpu::Limits::downlevel_defaults`] on (the compute limits its kernels and bindings use).
+pub(crate) fn check_limits(limits: &wgpu::Limits) -> Result<()> {
+    let need = wgpu::Limits::downlevel_defaults();
+    let at_least: [(&str, u64, u64); 10] = [
+        (
+            "max_storage_buffer_binding_size",
+            limits.max_storage_buffer_binding_size,
+            need.max_storage_buffer_binding_size,
+        ),
+        (
+            "max_storage_buffers_per_shader_stage",
+            limits.max_storage_buffers_per_shader_stage.into(),
+            need.max_storage_buffers_per_shader_stage.into(),
+        ),
+        (
+            "max_uniform_buffers_per_shader_stage",
+            limits.max_uniform_buffers_per_shader_stage.into(),
+            need.max_uniform_buffers_per_shader_stage.into(),
+        ),
+        (
+            "max_bindings_per_bind_group",
+            limits.max_bindings_per_bind_group.into(),
+            need.max_bindings_per_bind_group.into(),
+        ),
+        (
+            "max_compute_workgroup_storage_size",
+            limits.max_compute_workgroup_storage_size.into(),
+            need.max_compute_workgroup_storage_size.into(),
+        ),
+        (
+            "max_compute_invocations_per_workgroup",
+            limits.max_compute_invocations_per_workgroup.into(),
+            need.max_compute_invocations_per_workgroup.into(),
+        ),
+        (
+            "max_compute_workgroup_size_x",
+            limits.max_compute_workgroup_size_x.into(),
+            need.max_compute_workgroup_size_x.into(),
+        ),
+        (
+            "max_compute_workgroups_per_dimension",
+            limits.max_compute_workgroups_per_dimension.into(),
+            need.max_compute_workgroups_per_dimension.into(),
+        ),
+        (
+            "max_uniform_buffer_binding_size",
+            limits.max_uniform_buffer_binding_size,
+            need.max_uniform_buffer_binding_size,
+        ),
+        ("max_buffer_size", limits.max_buffer_size, need.max_buffer_size),
+    ];
+    for (name, have, want) in at_least {
+        if have < want {
+            return Err(Error::DeviceLimit(format!(
+                "the device's {name} is {have}, below the {want} of \
+                 wgpu::Limits::downlevel_defaults() that wgconv needs"
+            )));
+        }
+    }
+    let align = limits.min_storage_buffer_offset_alignment;
+    if align > need.min_storage_buffer_offset_alignment {
+        return Err(Error::DeviceLimit(format!(
+            "the device's min_storage_buffer_offset_alignment is {align}, above the {} of \
+             wgpu::Limits::downlevel_defaults()",
+            need.min_storage_buffer_offset_alignment
+        )));
+    }
+    Ok(())
 }
 
 fn backends_from_env() -> Result<wgpu::Backends> {

@@ -1,12 +1,21 @@
 //! conv2d forward, dx, dW and db on the GPU: validate, plan ([`plan`](super::plan)), bind the
-//! plan's roles to the tensors and submit.
+//! plan's roles to the tensors and submit (or record). Each op has an eager form returning a new
+//! tensor, an `_into` form writing the caller's tensor, and for the gradients an `_accumulate`
+//! form adding into it.
 
+use super::check::OpCall;
+use super::output::Out;
 use super::plan::{self, ConvPlan};
-use super::submit::Buffers;
-use super::tensor::{Raw, dims4};
+use super::submit::{Buffers, Sink};
+use super::tensor::dims4;
 use super::{Gpu, IndexTensor, Tensor};
 use crate::error::{Result, mismatch};
 use crate::spec::Conv2dSpec;
+
+/// The new tensor of an op called with [`Out::New`].
+pub(crate) fn new(t: Option<Tensor>) -> Result<Tensor> {
+    t.ok_or_else(|| mismatch("internal: an op with a new output returned none".to_string()))
+}
 
 impl Gpu {
     /// Output tensor for an op, poisoned in checked mode.
@@ -22,36 +31,35 @@ impl Gpu {
         Ok(IndexTensor { raw })
     }
 
-    pub(crate) fn owners(&self, op: &str, raws: &[&Raw]) -> Result<()> {
-        raws.iter().try_for_each(|r| self.check_owner(r, op))
-    }
-
-    /// The scratch buffer a plan asks for (split-K partial sums), if any.
-    fn plan_scratch(&self, plan: &ConvPlan) -> Result<Option<Raw>> {
-        plan.scratch
+    /// Runs (or records) a conv plan: its scratch, then its steps with `buffers` (plus the
+    /// scratch) bound.
+    fn run_conv(
+        &self,
+        sink: &mut Sink<'_>,
+        op: &'static str,
+        plan: &ConvPlan,
+        buffers: Buffers<'_>,
+    ) -> Result<()> {
+        let scratch = plan
+            .scratch
             .map(|(elems, what)| self.alloc(&[elems], what))
-            .transpose()
-    }
-
-    /// Runs a conv plan: its scratch, then its steps with `buffers` (plus the scratch) bound.
-    fn run_conv(&self, op: &str, plan: &ConvPlan, buffers: Buffers<'_>) -> Result<()> {
-        let scratch = self.plan_scratch(plan)?;
+            .transpose()?;
         let buffers = Buffers {
-            partial: scratch.as_ref().map(Raw::buffer),
+            partial: scratch.as_ref(),
             ..buffers
         };
-        self.run(op, &plan.steps, &buffers)
+        self.run(sink, op, &plan.steps, &buffers)
     }
 
-    /// `y = conv2d(x, w) + bias` on the GPU. Same semantics as
-    /// [`reference::conv2d_forward`](crate::reference::conv2d_forward).
-    pub fn conv2d_forward(
+    pub(crate) fn conv2d_forward_op(
         &self,
+        sink: &mut Sink<'_>,
         x: &Tensor,
         w: &Tensor,
         bias: Option<&Tensor>,
         spec: &Conv2dSpec,
-    ) -> Result<Tensor> {
+        out: Out<'_>,
+    ) -> Result<Option<Tensor>> {
         const OP: &str = "conv2d_forward";
         let g = spec.forward_geometry(dims4(&x.raw, "x")?, dims4(&w.raw, "w")?)?;
         if let Some(b) = bias
@@ -63,26 +71,149 @@ impl Gpu {
                 g.k
             )));
         }
-        self.owners(OP, &[&x.raw, &w.raw])?;
-        if let Some(b) = bias {
-            self.check_owner(&b.raw, OP)?;
-        }
-        let y = self.new_output(&g.y_shape(), "conv2d_forward output")?;
+        let mut inputs = vec![&x.raw, &w.raw];
+        inputs.extend(bias.map(|b| &b.raw));
+        self.check_inputs(sink, OP, &inputs)?;
+        let y = self.target(sink, OP, &out, &g.y_shape(), &inputs)?;
         if g.n > 0 {
             let plan = plan::conv2d_forward(&self.profile, &g, bias.is_some())?;
             let buffers = Buffers {
-                x: Some(x.raw.buffer()),
-                w: Some(w.raw.buffer()),
-                bias: bias.map(|b| b.raw.buffer()),
-                out: Some(y.raw.buffer()),
+                x: Some(&x.raw),
+                w: Some(&w.raw),
+                bias: bias.map(|b| &b.raw),
+                out: Some(&y),
                 ..Default::default()
             };
-            self.run_conv(OP, &plan, buffers)?;
+            self.run_conv(sink, OP, &plan, buffers)?;
         }
-        if self.checked {
-            self.check_conv2d_forward(x, w, bias, spec, &y)?;
+        let call = OpCall::ConvForward {
+            x: x.raw.clone(),
+            w: w.raw.clone(),
+            bias: bias.map(|b| b.raw.clone()),
+            spec: *spec,
+        };
+        self.finish(sink, out, y, Some((call, None, None)))
+    }
+
+    pub(crate) fn conv2d_backward_input_op(
+        &self,
+        sink: &mut Sink<'_>,
+        dy: &Tensor,
+        w: &Tensor,
+        input_hw: [usize; 2],
+        spec: &Conv2dSpec,
+        out: Out<'_>,
+    ) -> Result<Option<Tensor>> {
+        const OP: &str = "conv2d_backward_input";
+        let g =
+            spec.backward_input_geometry(dims4(&dy.raw, "dy")?, dims4(&w.raw, "w")?, input_hw)?;
+        let inputs = [&dy.raw, &w.raw];
+        self.check_inputs(sink, OP, &inputs)?;
+        let dx = self.target(sink, OP, &out, &g.x_shape(), &inputs)?;
+        let before = self.before(sink, &out)?;
+        if g.n > 0 {
+            let accumulate = matches!(out, Out::Accumulate(_));
+            let plan = plan::conv2d_backward_input(&self.profile, &g, accumulate)?;
+            let buffers = Buffers {
+                dy: Some(&dy.raw),
+                w: Some(&w.raw),
+                out: Some(&dx),
+                ..Default::default()
+            };
+            self.run_conv(sink, OP, &plan, buffers)?;
         }
-        Ok(y)
+        let call = OpCall::ConvBackwardInput {
+            dy: dy.raw.clone(),
+            w: w.raw.clone(),
+            input_hw,
+            spec: *spec,
+        };
+        self.finish(sink, out, dx, Some((call, None, before)))
+    }
+
+    pub(crate) fn conv2d_backward_weight_op(
+        &self,
+        sink: &mut Sink<'_>,
+        x: &Tensor,
+        dy: &Tensor,
+        kernel_hw: [usize; 2],
+        spec: &Conv2dSpec,
+        out: Out<'_>,
+    ) -> Result<Option<Tensor>> {
+        const OP: &str = "conv2d_backward_weight";
+        let g =
+            spec.backward_weight_geometry(dims4(&x.raw, "x")?, dims4(&dy.raw, "dy")?, kernel_hw)?;
+        let inputs = [&x.raw, &dy.raw];
+        self.check_inputs(sink, OP, &inputs)?;
+        let dw = self.target(sink, OP, &out, &g.w_shape(), &inputs)?;
+        let before = self.before(sink, &out)?;
+        let accumulate = matches!(out, Out::Accumulate(_));
+        let plan = plan::conv2d_backward_weight(&self.profile, &g, accumulate)?;
+        let buffers = Buffers {
+            x: Some(&x.raw),
+            dy: Some(&dy.raw),
+            out: Some(&dw),
+            ..Default::default()
+        };
+        self.run_conv(sink, OP, &plan, buffers)?;
+        let call = OpCall::ConvBackwardWeight {
+            x: x.raw.clone(),
+            dy: dy.raw.clone(),
+            kernel_hw,
+            spec: *spec,
+        };
+        self.finish(sink, out, dw, Some((call, None, before)))
+    }
+
+    pub(crate) fn conv2d_backward_bias_op(
+        &self,
+        sink: &mut Sink<'_>,
+        dy: &Tensor,
+        out: Out<'_>,
+    ) -> Result<Option<Tensor>> {
+        const OP: &str = "conv2d_backward_bias";
+        let shape = dims4(&dy.raw, "dy")?;
+        self.check_inputs(sink, OP, &[&dy.raw])?;
+        let db = self.target(sink, OP, &out, &[shape[1]], &[&dy.raw])?;
+        let before = self.before(sink, &out)?;
+        if shape[1] > 0 {
+            let accumulate = matches!(out, Out::Accumulate(_));
+            let plan = plan::conv2d_backward_bias(&self.profile, shape, accumulate)?;
+            let buffers = Buffers {
+                dy: Some(&dy.raw),
+                out: Some(&db),
+                ..Default::default()
+            };
+            self.run_conv(sink, OP, &plan, buffers)?;
+        }
+        let call = OpCall::ConvBackwardBias { dy: dy.raw.clone() };
+        self.finish(sink, out, db, Some((call, None, before)))
+    }
+
+    /// `y = conv2d(x, w) + bias` on the GPU. Same semantics as
+    /// [`reference::conv2d_forward`](crate::reference::conv2d_forward).
+    pub fn conv2d_forward(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        bias: Option<&Tensor>,
+        spec: &Conv2dSpec,
+    ) -> Result<Tensor> {
+        new(self.conv2d_forward_op(&mut Sink::Eager, x, w, bias, spec, Out::New)?)
+    }
+
+    /// [`Gpu::conv2d_forward`] into the caller's tensor `y` (e.g. a view of its own buffer),
+    /// which must have the result's shape and not overlap an input.
+    pub fn conv2d_forward_into(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        bias: Option<&Tensor>,
+        spec: &Conv2dSpec,
+        y: &mut Tensor,
+    ) -> Result<()> {
+        self.conv2d_forward_op(&mut Sink::Eager, x, w, bias, spec, Out::Into(y))
+            .map(drop)
     }
 
     /// dx on the GPU: the transposed convolution of dy, by index arithmetic (the implicit GEMM
@@ -95,25 +226,37 @@ impl Gpu {
         input_hw: [usize; 2],
         spec: &Conv2dSpec,
     ) -> Result<Tensor> {
-        const OP: &str = "conv2d_backward_input";
-        let g =
-            spec.backward_input_geometry(dims4(&dy.raw, "dy")?, dims4(&w.raw, "w")?, input_hw)?;
-        self.owners(OP, &[&dy.raw, &w.raw])?;
-        let dx = self.new_output(&g.x_shape(), "conv2d_backward_input output")?;
-        if g.n > 0 {
-            let plan = plan::conv2d_backward_input(&self.profile, &g)?;
-            let buffers = Buffers {
-                dy: Some(dy.raw.buffer()),
-                w: Some(w.raw.buffer()),
-                out: Some(dx.raw.buffer()),
-                ..Default::default()
-            };
-            self.run_conv(OP, &plan, buffers)?;
-        }
-        if self.checked {
-            self.check_conv2d_backward_input(dy, w, input_hw, spec, &dx)?;
-        }
-        Ok(dx)
+        let out = Out::New;
+        new(self.conv2d_backward_input_op(&mut Sink::Eager, dy, w, input_hw, spec, out)?)
+    }
+
+    /// [`Gpu::conv2d_backward_input`] into the caller's tensor `dx`.
+    pub fn conv2d_backward_input_into(
+        &self,
+        dy: &Tensor,
+        w: &Tensor,
+        input_hw: [usize; 2],
+        spec: &Conv2dSpec,
+        dx: &mut Tensor,
+    ) -> Result<()> {
+        self.conv2d_backward_input_op(&mut Sink::Eager, dy, w, input_hw, spec, Out::Into(dx))
+            .map(drop)
+    }
+
+    /// `dx += conv2d_backward_input(dy, w)` in place (gradient accumulation); the input size is
+    /// `dx`'s. Deterministic: the op's result is computed into scratch and added in one pass.
+    /// `Err` if `dx` shares a buffer with `dy` or `w`.
+    pub fn conv2d_backward_input_accumulate(
+        &self,
+        dy: &Tensor,
+        w: &Tensor,
+        spec: &Conv2dSpec,
+        dx: &mut Tensor,
+    ) -> Result<()> {
+        let [_, _, h, wd] = dims4(&dx.raw, "dx")?;
+        let out = Out::Accumulate(dx);
+        self.conv2d_backward_input_op(&mut Sink::Eager, dy, w, [h, wd], spec, out)
+            .map(drop)
     }
 
     /// dW on the GPU: per-workgroup partial sums over N·OH·OW and an ordered second pass
@@ -126,44 +269,53 @@ impl Gpu {
         kernel_hw: [usize; 2],
         spec: &Conv2dSpec,
     ) -> Result<Tensor> {
-        const OP: &str = "conv2d_backward_weight";
-        let g =
-            spec.backward_weight_geometry(dims4(&x.raw, "x")?, dims4(&dy.raw, "dy")?, kernel_hw)?;
-        self.owners(OP, &[&x.raw, &dy.raw])?;
-        let dw = self.new_output(&g.w_shape(), "conv2d_backward_weight output")?;
-        let plan = plan::conv2d_backward_weight(&self.profile, &g)?;
-        let buffers = Buffers {
-            x: x.raw.buf.as_ref().map(|b| b.buffer()),
-            dy: dy.raw.buf.as_ref().map(|b| b.buffer()),
-            out: Some(dw.raw.buffer()),
-            ..Default::default()
-        };
-        self.run_conv(OP, &plan, buffers)?;
-        if self.checked {
-            self.check_conv2d_backward_weight(x, dy, kernel_hw, spec, &dw)?;
-        }
-        Ok(dw)
+        let out = Out::New;
+        new(self.conv2d_backward_weight_op(&mut Sink::Eager, x, dy, kernel_hw, spec, out)?)
+    }
+
+    /// [`Gpu::conv2d_backward_weight`] into the caller's tensor `dw`.
+    pub fn conv2d_backward_weight_into(
+        &self,
+        x: &Tensor,
+        dy: &Tensor,
+        kernel_hw: [usize; 2],
+        spec: &Conv2dSpec,
+        dw: &mut Tensor,
+    ) -> Result<()> {
+        self.conv2d_backward_weight_op(&mut Sink::Eager, x, dy, kernel_hw, spec, Out::Into(dw))
+            .map(drop)
+    }
+
+    /// `dw += conv2d_backward_weight(x, dy)` in place; the kernel size is `dw`'s. Deterministic:
+    /// the reduction's ordered second pass adds into `dw`. `Err` if `dw` shares a buffer with
+    /// `x` or `dy`.
+    pub fn conv2d_backward_weight_accumulate(
+        &self,
+        x: &Tensor,
+        dy: &Tensor,
+        spec: &Conv2dSpec,
+        dw: &mut Tensor,
+    ) -> Result<()> {
+        let [_, _, kh, kw] = dims4(&dw.raw, "dw")?;
+        let out = Out::Accumulate(dw);
+        self.conv2d_backward_weight_op(&mut Sink::Eager, x, dy, [kh, kw], spec, out)
+            .map(drop)
     }
 
     /// db on the GPU: dy summed over N, OH, OW per channel, deterministic.
     pub fn conv2d_backward_bias(&self, dy: &Tensor) -> Result<Tensor> {
-        const OP: &str = "conv2d_backward_bias";
-        let shape = dims4(&dy.raw, "dy")?;
-        self.check_owner(&dy.raw, OP)?;
-        let db = self.new_output(&[shape[1]], "conv2d_backward_bias output")?;
-        if shape[1] == 0 {
-            return Ok(db);
-        }
-        let plan = plan::conv2d_backward_bias(&self.profile, shape)?;
-        let buffers = Buffers {
-            dy: dy.raw.buf.as_ref().map(|b| b.buffer()),
-            out: Some(db.raw.buffer()),
-            ..Default::default()
-        };
-        self.run_conv(OP, &plan, buffers)?;
-        if self.checked {
-            self.check_conv2d_backward_bias(dy, &db)?;
-        }
-        Ok(db)
+        new(self.conv2d_backward_bias_op(&mut Sink::Eager, dy, Out::New)?)
+    }
+
+    /// [`Gpu::conv2d_backward_bias`] into the caller's tensor `db`.
+    pub fn conv2d_backward_bias_into(&self, dy: &Tensor, db: &mut Tensor) -> Result<()> {
+        self.conv2d_backward_bias_op(&mut Sink::Eager, dy, Out::Into(db))
+            .map(drop)
+    }
+
+    /// `db += conv2d_backward_bias(dy)` in place. `Err` if `db` shares a buffer with `dy`.
+    pub fn conv2d_backward_bias_accumulate(&self, dy: &Tensor, db: &mut Tensor) -> Result<()> {
+        self.conv2d_backward_bias_op(&mut Sink::Eager, dy, Out::Accumulate(db))
+            .map(drop)
     }
 }

@@ -18,10 +18,14 @@ mod check;
 mod conv;
 pub mod kernels;
 mod nn;
+mod output;
 pub mod plan;
 mod pool;
+mod readback;
+mod recorder;
 mod submit;
 mod tensor;
+mod timing;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -33,8 +37,11 @@ pub use builder::{Algorithm, GpuBuilder};
 use builder::{describe, nanos};
 use kernels::{Kernel, PipelineCache, Tile};
 use plan::DeviceProfile;
-use submit::Profiler;
+pub use recorder::Recorder;
+pub use submit::GpuCounters;
+use submit::Counters;
 pub use tensor::{IndexTensor, Tensor};
+use timing::Profiler;
 
 use crate::error::Result;
 
@@ -60,8 +67,13 @@ pub struct Gpu {
     poll_timeout: AtomicU64,
     /// Set while [`Gpu::time_gpu`] runs: timestamp queries around every compute pass.
     profiler: Mutex<Option<Profiler>>,
-    /// Held around every `queue.submit` and `device.poll` (see `Gpu::poll`).
-    queue_lock: Mutex<()>,
+    /// Held around every `queue.submit` and `device.poll` (see `Gpu::poll`); shared with the
+    /// futures of `download_async`.
+    queue_lock: Arc<Mutex<()>>,
+    /// Submissions and polls made.
+    counters: Arc<Counters>,
+    /// Checks of recorded batches the caller encoded, run at the next `synchronize`.
+    encoded_checks: Mutex<Vec<recorder::Check>>,
     runtime_checks: bool,
     /// What the plans know of the device and the options.
     profile: DeviceProfile,
@@ -188,21 +200,27 @@ impl Gpu {
         buffers::take(&self.pool, &self.device, kind, bytes)
     }
 
-    /// Binds elements `[start, end)` of `buffer` (see [`DeviceProfile::window`]).
-    pub(crate) fn window<'a>(
-        &self,
-        buffer: &'a wgpu::Buffer,
-        start: usize,
-        end: usize,
-    ) -> (Bind<'a>, u32) {
+    /// Binds elements `[start, end)` of `raw` (see [`DeviceProfile::window`]), at its offset.
+    pub(crate) fn window<'a>(&self, raw: &'a tensor::Raw, start: usize, end: usize) -> (Bind<'a>, u32) {
         let (slot, elem_off) = self.profile.window(plan::Role::Out, start, end);
-        let size = slot.size.min(buffer.size().saturating_sub(slot.offset));
         let bind = Bind {
-            buffer,
-            offset: slot.offset,
-            size,
+            buffer: raw.buffer(),
+            offset: raw.offset + slot.offset,
+            size: slot.size.min(raw.bytes().saturating_sub(slot.offset)),
         };
         (bind, elem_off)
+    }
+
+    /// All of `raw` (its first `elems` elements), or the placeholder for an empty tensor.
+    pub(crate) fn whole<'a>(&'a self, raw: &'a tensor::Raw, elems: usize) -> Bind<'a> {
+        match &raw.buf {
+            Some(b) => Bind {
+                buffer: b.buffer(),
+                offset: raw.offset,
+                size: (elems.max(1) as u64) * 4,
+            },
+            None => Bind::whole(&self.dummy, 0),
+        }
     }
 
     /// See [`DeviceProfile::items_per_chunk`].
@@ -220,7 +238,37 @@ impl Gpu {
         if self.poison && raw.len > 0 {
             let fill = vec![bits; raw.len];
             self.queue
-                .write_buffer(raw.buffer(), 0, bytemuck::cast_slice(&fill));
+                .write_buffer(raw.buffer(), raw.offset, bytemuck::cast_slice(&fill));
         }
+    }
+}
+
+impl Gpu {
+    /// A `Gpu` on the caller's device and queue: any adapter and features, with limits at least
+    /// [`wgpu::Limits::downlevel_defaults`] (else `Err(DeviceLimit)` naming the limit). wgconv
+    /// adapts its kernels and tiles to `device.limits()`, takes the adapter info from
+    /// `device.adapter_info()`, times with timestamps only when the device has them, and installs
+    /// no device-lost or uncaptured-error callback: a lost device is found through error scopes
+    /// and submission checks, and the next call that would read stale data returns
+    /// [`Error::DeviceLost`](crate::Error::DeviceLost).
+    ///
+    /// wgconv serialises its own polls and submits on the device (wgpu-core 30 can panic when a
+    /// waiting poll races a poll or submit on another thread); a caller that also polls or
+    /// submits on it from another thread is outside that lock and risks the same race. wgconv
+    /// never calls back into the caller while it holds the lock.
+    ///
+    /// ```no_run
+    /// # fn main() -> wgconv::Result<()> {
+    /// let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle());
+    /// let adapter = pollster::block_on(instance.request_adapter(&Default::default()))
+    ///     .expect("an adapter");
+    /// let (device, queue) = pollster::block_on(adapter.request_device(&Default::default()))
+    ///     .expect("a device");
+    /// let gpu = wgconv::Gpu::from_wgpu(device.clone(), queue.clone())?;
+    /// # let _ = gpu;
+    /// # Ok(()) }
+    /// ```
+    pub fn from_wgpu(device: wgpu::Device, queue: wgpu::Queue) -> Result<Gpu> {
+        GpuBuilder::default().build_from_wgpu(device, queue)
     }
 }

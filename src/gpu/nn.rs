@@ -56,10 +56,7 @@ impl Gpu {
 
     /// All of a tensor, or the placeholder buffer for an empty one (never read then).
     fn bind_all<'a>(&'a self, t: &'a Tensor) -> Bind<'a> {
-        match &t.raw.buf {
-            Some(b) => Bind::whole(b.buffer(), t.len()),
-            None => Bind::whole(&self.dummy, 0),
-        }
+        self.whole(&t.raw, t.len())
     }
 
     /// Reads a one-element tensor (a loss) back to the host.
@@ -92,14 +89,14 @@ impl Gpu {
             };
             let mut bindings = Vec::new();
             for (i, raw) in inputs.iter().enumerate() {
-                let (bind, off) = self.window(raw.buffer(), e0, e1);
+                let (bind, off) = self.window(raw, e0, e1);
                 match i {
                     0 => params.a_off = off,
                     _ => params.b_off = off,
                 }
                 bindings.push(bind);
             }
-            let (bind, off) = self.window(out.buffer(), e0, e1);
+            let (bind, off) = self.window(out, e0, e1);
             params.out_off = off;
             bindings.push(bind);
             ds.push(Dispatch {
@@ -327,7 +324,7 @@ impl Gpu {
                 &[Dispatch {
                     kernel: Kernel::LinearBackwardBias,
                     params: bytemuck::bytes_of(&params).to_vec(),
-                    bindings: vec![self.bind_all(dy), Bind::whole(db.raw.buffer(), o)],
+                    bindings: vec![self.bind_all(dy), self.whole(&db.raw, o)],
                     items: o as u64,
                 }],
             )?;
@@ -358,7 +355,7 @@ impl Gpu {
         if n == 0 {
             self.check_alive()?;
             self.queue
-                .write_buffer(loss.raw.buffer(), 0, bytemuck::bytes_of(&f32::NAN));
+                .write_buffer(loss.raw.buffer(), loss.raw.offset, bytemuck::bytes_of(&f32::NAN));
             return Ok((loss, grad));
         }
         self.check_bindable(logits.len(), "softmax_cross_entropy: logits")?;
@@ -373,10 +370,10 @@ impl Gpu {
                 kernel: Kernel::SoftmaxCrossEntropy,
                 params: bytemuck::bytes_of(&params).to_vec(),
                 bindings: vec![
-                    Bind::whole(logits.raw.buffer(), logits.len()),
-                    Bind::whole(labels.raw.buffer(), n),
-                    Bind::whole(loss.raw.buffer(), 1),
-                    Bind::whole(grad.raw.buffer(), grad.len()),
+                    self.whole(&logits.raw, logits.len()),
+                    self.whole(&labels.raw, n),
+                    self.whole(&loss.raw, 1),
+                    self.whole(&grad.raw, grad.len()),
                 ],
                 items: 1,
             }],
@@ -465,10 +462,10 @@ impl Gpu {
             let mut ds = Vec::new();
             for e0 in (0..len).step_by(per) {
                 let e1 = (e0 + per).min(len);
-                let (pb, p_off) = self.window(param.raw.buffer(), e0, e1);
-                let (gb, g_off) = self.window(grad.raw.buffer(), e0, e1);
+                let (pb, p_off) = self.window(&param.raw, e0, e1);
+                let (gb, g_off) = self.window(&grad.raw, e0, e1);
                 let (bb, buf_off) = match buf_raw {
-                    Some(raw) => self.window(raw.buffer(), e0, e1),
+                    Some(raw) => self.window(raw, e0, e1),
                     None => (Bind::whole(&self.dummy, 0), 0),
                 };
                 let params = SgdParams {

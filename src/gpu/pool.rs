@@ -1,28 +1,193 @@
-//! max-pool and avg-pool, forward and backward, on the GPU: validate, plan
-//! ([`plan::pool`]), bind and submit.
+//! max-pool and avg-pool, forward and backward, on the GPU: validate, plan ([`plan::pool`]),
+//! bind and submit (or record); each op also has an `_into` form writing the caller's tensors.
 
+use super::check::OpCall;
+use super::conv::new;
+use super::output::Out;
 use super::plan::{self, PoolKind};
-use super::submit::Buffers;
-use super::tensor::dims4;
+use super::submit::{Buffers, Sink};
+use super::tensor::{Raw, dims4};
 use super::{Gpu, IndexTensor, Tensor};
 use crate::error::{Result, mismatch};
-use crate::spec::{Pool2dGeometry, Pool2dSpec};
+use crate::spec::{Pool2dGeometry, Pool2dSpec, check_plane_indexable};
 
 impl Gpu {
-    /// Plans and runs a pool op whose result is not empty.
+    /// Plans and runs (or records) a pool op.
     fn run_pool(
         &self,
-        op: &str,
+        sink: &mut Sink<'_>,
+        op: &'static str,
         kind: PoolKind,
         g: &Pool2dGeometry,
         count_include_pad: bool,
         buffers: Buffers<'_>,
     ) -> Result<()> {
         let steps = plan::pool(&self.profile, kind, g, count_include_pad)?;
-        if steps.is_empty() {
-            return Ok(());
+        self.run(sink, op, &steps, &buffers)
+    }
+
+    /// The indices tensor of a max-pool forward: a new one (poisoned in checked mode), or the
+    /// caller's, checked like [`Gpu::target`]'s.
+    fn target_indices(
+        &self,
+        sink: &Sink<'_>,
+        given: Option<&IndexTensor>,
+        shape: &[usize],
+        inputs: &[&Raw],
+    ) -> Result<Raw> {
+        const OP: &str = "max_pool2d_forward";
+        let Some(t) = given else {
+            return Ok(self.output_indices(shape, "max_pool2d_forward indices")?.raw);
+        };
+        // The same checks as a value output's, on a stand-in tensor of the caller's raw.
+        let mut stand_in = Tensor { raw: t.raw.clone() };
+        let raw = self.target(sink, OP, &Out::Into(&mut stand_in), shape, inputs)?;
+        self.poison(&raw, u32::MAX);
+        Ok(raw)
+    }
+
+    pub(crate) fn max_pool2d_forward_op(
+        &self,
+        sink: &mut Sink<'_>,
+        x: &Tensor,
+        spec: &Pool2dSpec,
+        outs: Option<(&mut Tensor, &mut IndexTensor)>,
+    ) -> Result<Option<(Tensor, IndexTensor)>> {
+        const OP: &str = "max_pool2d_forward";
+        let g = spec.geometry(dims4(&x.raw, "x")?)?;
+        check_plane_indexable(g.h, g.w)?;
+        self.check_inputs(sink, OP, &[&x.raw])?;
+        let (out, idx_out) = match outs {
+            Some((y, idx)) => (Out::Into(y), Some(idx)),
+            None => (Out::New, None),
+        };
+        let y = self.target(sink, OP, &out, &g.y_shape(), &[&x.raw])?;
+        let inputs = [&x.raw, &y];
+        let mut idx = self.target_indices(sink, idx_out.as_deref(), &g.y_shape(), &inputs)?;
+        if y.len > 0 {
+            let buffers = Buffers {
+                x: Some(&x.raw),
+                out: Some(&y),
+                indices: Some(&idx),
+                ..Default::default()
+            };
+            self.run_pool(sink, OP, PoolKind::MaxForward, &g, false, buffers)?;
         }
-        self.run(op, &steps, &buffers)
+        let call = OpCall::MaxForward {
+            x: x.raw.clone(),
+            spec: *spec,
+        };
+        let y = self.finish(sink, out, y, Some((call, Some(idx.clone()), None)))?;
+        if let Sink::Record(rec) = sink {
+            idx.batch = Some(rec.batch.clone());
+        }
+        match idx_out {
+            Some(t) => {
+                t.raw.batch = idx.batch;
+                Ok(None)
+            }
+            None => Ok(Some((new(y)?, IndexTensor { raw: idx }))),
+        }
+    }
+
+    pub(crate) fn max_pool2d_backward_op(
+        &self,
+        sink: &mut Sink<'_>,
+        dy: &Tensor,
+        indices: &IndexTensor,
+        input_hw: [usize; 2],
+        spec: &Pool2dSpec,
+        out: Out<'_>,
+    ) -> Result<Option<Tensor>> {
+        const OP: &str = "max_pool2d_backward";
+        let g = spec.backward_geometry(dims4(&dy.raw, "dy")?, input_hw, false)?;
+        check_plane_indexable(g.h, g.w)?;
+        if indices.shape() != dy.shape() {
+            return Err(mismatch(format!(
+                "indices shape {:?} differs from dy shape {:?}",
+                indices.shape(),
+                dy.shape()
+            )));
+        }
+        let inputs = [&dy.raw, &indices.raw];
+        self.check_inputs(sink, OP, &inputs)?;
+        let dx = self.target(sink, OP, &out, &g.x_shape(), &inputs)?;
+        if dx.len > 0 {
+            let buffers = Buffers {
+                dy: Some(&dy.raw),
+                indices: Some(&indices.raw),
+                out: Some(&dx),
+                ..Default::default()
+            };
+            self.run_pool(sink, OP, PoolKind::MaxBackward, &g, false, buffers)?;
+        }
+        let call = OpCall::MaxBackward {
+            dy: dy.raw.clone(),
+            indices: indices.raw.clone(),
+            input_hw,
+            spec: *spec,
+        };
+        self.finish(sink, out, dx, Some((call, None, None)))
+    }
+
+    pub(crate) fn avg_pool2d_forward_op(
+        &self,
+        sink: &mut Sink<'_>,
+        x: &Tensor,
+        spec: &Pool2dSpec,
+        count_include_pad: bool,
+        out: Out<'_>,
+    ) -> Result<Option<Tensor>> {
+        const OP: &str = "avg_pool2d_forward";
+        let g = spec.avg_geometry(dims4(&x.raw, "x")?)?;
+        self.check_inputs(sink, OP, &[&x.raw])?;
+        let y = self.target(sink, OP, &out, &g.y_shape(), &[&x.raw])?;
+        if y.len > 0 {
+            let buffers = Buffers {
+                x: Some(&x.raw),
+                out: Some(&y),
+                ..Default::default()
+            };
+            let kind = PoolKind::AvgForward;
+            self.run_pool(sink, OP, kind, &g, count_include_pad, buffers)?;
+        }
+        let call = OpCall::AvgForward {
+            x: x.raw.clone(),
+            spec: *spec,
+            count_include_pad,
+        };
+        self.finish(sink, out, y, Some((call, None, None)))
+    }
+
+    pub(crate) fn avg_pool2d_backward_op(
+        &self,
+        sink: &mut Sink<'_>,
+        dy: &Tensor,
+        input_hw: [usize; 2],
+        spec: &Pool2dSpec,
+        count_include_pad: bool,
+        out: Out<'_>,
+    ) -> Result<Option<Tensor>> {
+        const OP: &str = "avg_pool2d_backward";
+        let g = spec.backward_geometry(dims4(&dy.raw, "dy")?, input_hw, true)?;
+        self.check_inputs(sink, OP, &[&dy.raw])?;
+        let dx = self.target(sink, OP, &out, &g.x_shape(), &[&dy.raw])?;
+        if dx.len > 0 {
+            let buffers = Buffers {
+                dy: Some(&dy.raw),
+                out: Some(&dx),
+                ..Default::default()
+            };
+            let kind = PoolKind::AvgBackward;
+            self.run_pool(sink, OP, kind, &g, count_include_pad, buffers)?;
+        }
+        let call = OpCall::AvgBackward {
+            dy: dy.raw.clone(),
+            input_hw,
+            spec: *spec,
+            count_include_pad,
+        };
+        self.finish(sink, out, dx, Some((call, None, None)))
     }
 
     /// Max-pool on the GPU: values and u32 argmax indices (flat `h * W + w` in the input
@@ -33,25 +198,20 @@ impl Gpu {
         x: &Tensor,
         spec: &Pool2dSpec,
     ) -> Result<(Tensor, IndexTensor)> {
-        const OP: &str = "max_pool2d_forward";
-        let g = spec.geometry(dims4(&x.raw, "x")?)?;
-        crate::reference::pool::check_plane_indexable(g.h, g.w)?;
-        self.check_owner(&x.raw, OP)?;
-        let y = self.new_output(&g.y_shape(), "max_pool2d_forward output")?;
-        let idx = self.output_indices(&g.y_shape(), "max_pool2d_forward indices")?;
-        if !y.is_empty() {
-            let buffers = Buffers {
-                x: Some(x.raw.buffer()),
-                out: Some(y.raw.buffer()),
-                indices: Some(idx.raw.buffer()),
-                ..Default::default()
-            };
-            self.run_pool(OP, PoolKind::MaxForward, &g, false, buffers)?;
-        }
-        if self.checked {
-            self.check_max_pool2d_forward(x, spec, &y, &idx)?;
-        }
-        Ok((y, idx))
+        self.max_pool2d_forward_op(&mut Sink::Eager, x, spec, None)?
+            .ok_or_else(|| mismatch("internal: max-pool forward returned no output".to_string()))
+    }
+
+    /// [`Gpu::max_pool2d_forward`] into the caller's tensors `y` and `indices`.
+    pub fn max_pool2d_forward_into(
+        &self,
+        x: &Tensor,
+        spec: &Pool2dSpec,
+        y: &mut Tensor,
+        indices: &mut IndexTensor,
+    ) -> Result<()> {
+        self.max_pool2d_forward_op(&mut Sink::Eager, x, spec, Some((y, indices)))
+            .map(drop)
     }
 
     /// Max-pool backward on the GPU: each input element gathers dy from the windows that can
@@ -65,32 +225,22 @@ impl Gpu {
         input_hw: [usize; 2],
         spec: &Pool2dSpec,
     ) -> Result<Tensor> {
-        const OP: &str = "max_pool2d_backward";
-        let g = spec.backward_geometry(dims4(&dy.raw, "dy")?, input_hw, false)?;
-        crate::reference::pool::check_plane_indexable(g.h, g.w)?;
-        if indices.shape() != dy.shape() {
-            return Err(mismatch(format!(
-                "indices shape {:?} differs from dy shape {:?}",
-                indices.shape(),
-                dy.shape()
-            )));
-        }
-        self.check_owner(&dy.raw, OP)?;
-        self.check_owner(&indices.raw, OP)?;
-        let dx = self.new_output(&g.x_shape(), "max_pool2d_backward output")?;
-        if !dx.is_empty() {
-            let buffers = Buffers {
-                dy: Some(dy.raw.buffer()),
-                indices: Some(indices.raw.buffer()),
-                out: Some(dx.raw.buffer()),
-                ..Default::default()
-            };
-            self.run_pool(OP, PoolKind::MaxBackward, &g, false, buffers)?;
-        }
-        if self.checked {
-            self.check_max_pool2d_backward(dy, indices, input_hw, spec, &dx)?;
-        }
-        Ok(dx)
+        let out = Out::New;
+        new(self.max_pool2d_backward_op(&mut Sink::Eager, dy, indices, input_hw, spec, out)?)
+    }
+
+    /// [`Gpu::max_pool2d_backward`] into the caller's tensor `dx`.
+    pub fn max_pool2d_backward_into(
+        &self,
+        dy: &Tensor,
+        indices: &IndexTensor,
+        input_hw: [usize; 2],
+        spec: &Pool2dSpec,
+        dx: &mut Tensor,
+    ) -> Result<()> {
+        let out = Out::Into(dx);
+        self.max_pool2d_backward_op(&mut Sink::Eager, dy, indices, input_hw, spec, out)
+            .map(drop)
     }
 
     /// Average pool on the GPU. Same semantics as
@@ -101,22 +251,21 @@ impl Gpu {
         spec: &Pool2dSpec,
         count_include_pad: bool,
     ) -> Result<Tensor> {
-        const OP: &str = "avg_pool2d_forward";
-        let g = spec.avg_geometry(dims4(&x.raw, "x")?)?;
-        self.check_owner(&x.raw, OP)?;
-        let y = self.new_output(&g.y_shape(), "avg_pool2d_forward output")?;
-        if !y.is_empty() {
-            let buffers = Buffers {
-                x: Some(x.raw.buffer()),
-                out: Some(y.raw.buffer()),
-                ..Default::default()
-            };
-            self.run_pool(OP, PoolKind::AvgForward, &g, count_include_pad, buffers)?;
-        }
-        if self.checked {
-            self.check_avg_pool2d_forward(x, spec, count_include_pad, &y)?;
-        }
-        Ok(y)
+        let out = Out::New;
+        new(self.avg_pool2d_forward_op(&mut Sink::Eager, x, spec, count_include_pad, out)?)
+    }
+
+    /// [`Gpu::avg_pool2d_forward`] into the caller's tensor `y`.
+    pub fn avg_pool2d_forward_into(
+        &self,
+        x: &Tensor,
+        spec: &Pool2dSpec,
+        count_include_pad: bool,
+        y: &mut Tensor,
+    ) -> Result<()> {
+        let out = Out::Into(y);
+        self.avg_pool2d_forward_op(&mut Sink::Eager, x, spec, count_include_pad, out)
+            .map(drop)
     }
 
     /// Average-pool backward on the GPU: each input element gathers `dy / divisor` from the
@@ -128,21 +277,21 @@ impl Gpu {
         spec: &Pool2dSpec,
         count_include_pad: bool,
     ) -> Result<Tensor> {
-        const OP: &str = "avg_pool2d_backward";
-        let g = spec.backward_geometry(dims4(&dy.raw, "dy")?, input_hw, true)?;
-        self.check_owner(&dy.raw, OP)?;
-        let dx = self.new_output(&g.x_shape(), "avg_pool2d_backward output")?;
-        if !dx.is_empty() {
-            let buffers = Buffers {
-                dy: Some(dy.raw.buffer()),
-                out: Some(dx.raw.buffer()),
-                ..Default::default()
-            };
-            self.run_pool(OP, PoolKind::AvgBackward, &g, count_include_pad, buffers)?;
-        }
-        if self.checked {
-            self.check_avg_pool2d_backward(dy, input_hw, spec, count_include_pad, &dx)?;
-        }
-        Ok(dx)
+        let (sink, out) = (&mut Sink::Eager, Out::New);
+        new(self.avg_pool2d_backward_op(sink, dy, input_hw, spec, count_include_pad, out)?)
+    }
+
+    /// [`Gpu::avg_pool2d_backward`] into the caller's tensor `dx`.
+    pub fn avg_pool2d_backward_into(
+        &self,
+        dy: &Tensor,
+        input_hw: [usize; 2],
+        spec: &Pool2dSpec,
+        count_include_pad: bool,
+        dx: &mut Tensor,
+    ) -> Result<()> {
+        let (sink, out) = (&mut Sink::Eager, Out::Into(dx));
+        self.avg_pool2d_backward_op(sink, dy, input_hw, spec, count_include_pad, out)
+            .map(drop)
     }
 }

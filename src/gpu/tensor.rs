@@ -1,18 +1,69 @@
-//! GPU tensors: f32 [`Tensor`] and u32 [`IndexTensor`], their upload and download.
+//! GPU tensors: f32 [`Tensor`] and u32 [`IndexTensor`], in a pooled buffer of the `Gpu` or as a
+//! view of a buffer the caller owns, and the state a recorded batch gives its results.
 
-use ndarray::{ArrayBase, ArrayD, Data, Dimension, IxDyn};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use super::Gpu;
-use super::buffers::{BufferKind, PooledBuffer};
+use super::buffers::PooledBuffer;
 use crate::error::{Error, Result, mismatch};
 use crate::spec::numel;
 
-/// A buffer of 4-byte elements on one [`Gpu`], with a shape. Empty tensors hold no buffer.
+/// Where a tensor's elements live.
+pub(crate) enum Storage {
+    /// A buffer of the `Gpu`'s pool, from its start; back to the pool when the last holder (the
+    /// tensor, a batch that reads or writes it) drops it, unless it was handed out.
+    Pooled(PooledBuffer),
+    /// The caller's buffer (a view from `offset`); never pooled.
+    View(wgpu::Buffer),
+}
+
+impl Storage {
+    pub fn buffer(&self) -> &wgpu::Buffer {
+        match self {
+            Storage::Pooled(b) => b.buffer(),
+            Storage::View(b) => b,
+        }
+    }
+}
+
+/// The state of the recorded batch whose result a tensor is.
+pub(crate) struct Batch {
+    state: AtomicU8,
+}
+
+impl Batch {
+    /// Recorded, nothing submitted.
+    pub const RECORDED: u8 = 0;
+    /// Submitted by wgconv, or handed to the caller's encoder.
+    pub const RELEASED: u8 = 1;
+
+    pub fn new() -> Arc<Batch> {
+        Arc::new(Batch {
+            state: AtomicU8::new(Batch::RECORDED),
+        })
+    }
+
+    pub fn release(&self) {
+        self.state.store(Batch::RELEASED, Ordering::Release);
+    }
+
+    pub fn is_recorded(&self) -> bool {
+        self.state.load(Ordering::Acquire) == Batch::RECORDED
+    }
+}
+
+/// A run of 4-byte elements on one [`Gpu`], with a shape. Empty tensors hold no buffer.
+#[derive(Clone)]
 pub(crate) struct Raw {
-    pub buf: Option<PooledBuffer>,
+    pub buf: Option<Arc<Storage>>,
+    /// Byte offset of element 0 in the buffer (a multiple of the storage offset alignment).
+    pub offset: u64,
     pub shape: Vec<usize>,
     pub len: usize,
     pub gpu_id: u64,
+    /// The batch whose result this is, while it may be unsubmitted.
+    pub batch: Option<Arc<Batch>>,
 }
 
 impl Raw {
@@ -23,10 +74,39 @@ impl Raw {
             .expect("non-empty tensor has a buffer")
             .buffer()
     }
+
+    /// Bytes of the tensor's data.
+    pub fn bytes(&self) -> u64 {
+        self.len as u64 * 4
+    }
+
+    /// Whether this is the result of a recorded batch not yet submitted.
+    pub fn is_pending(&self) -> bool {
+        self.batch.as_ref().is_some_and(|b| b.is_recorded())
+    }
+
+    /// The buffer for the caller: a pooled one is marked so that it never returns to the pool
+    /// (the caller may keep a clone).
+    fn hand_out(&self) -> Option<&wgpu::Buffer> {
+        let storage = self.buf.as_deref()?;
+        if let Storage::Pooled(p) = storage {
+            p.keep_out_of_pool();
+        }
+        Some(storage.buffer())
+    }
+
+    /// Whether `self` and `other` lie in the same wgpu buffer.
+    pub fn shares_buffer(&self, other: &Raw) -> bool {
+        match (&self.buf, &other.buf) {
+            (Some(a), Some(b)) => a.buffer() == b.buffer(),
+            _ => false,
+        }
+    }
 }
 
-/// An f32 tensor in GPU memory, NCHW for the 4-D ones. Made by [`Gpu::upload`] or returned by
-/// an op; read back with [`Gpu::download`]. Its buffer returns to the `Gpu`'s pool on drop.
+/// An f32 tensor in GPU memory, NCHW for the 4-D ones. Made by [`Gpu::upload`], returned by an
+/// op, or a view of the caller's buffer ([`Gpu::tensor_from_buffer`]); read back with
+/// [`Gpu::download`]. A pooled buffer returns to the `Gpu`'s pool on drop.
 pub struct Tensor {
     pub(crate) raw: Raw,
 }
@@ -52,6 +132,30 @@ macro_rules! tensor_accessors {
             pub fn is_empty(&self) -> bool {
                 self.raw.len == 0
             }
+            /// The underlying wgpu buffer (`None` for an empty tensor), for interop with other
+            /// wgpu code; the data starts at [`offset`](Self::offset) and may be followed by
+            /// other bytes. A buffer handed out here is never recycled by the `Gpu`'s pool
+            /// (the caller may keep a clone): it is freed when the last handle drops.
+            pub fn buffer(&self) -> Option<&wgpu::Buffer> {
+                self.raw.hand_out()
+            }
+            /// Byte offset of element 0 in [`buffer`](Self::buffer) (0 unless a view).
+            pub fn offset(&self) -> u64 {
+                self.raw.offset
+            }
+            /// The buffer and the offset of element 0, for the caller to keep (`None` for an
+            /// empty tensor). It is never recycled by the pool; if a recorded batch still uses
+            /// it, the batch keeps its own handle until it has run.
+            pub fn into_buffer(self) -> Option<(wgpu::Buffer, u64)> {
+                let offset = self.raw.offset;
+                self.raw.hand_out().cloned().map(|b| (b, offset))
+            }
+        }
+
+        impl std::fmt::Debug for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "{}{:?}", stringify!($t), self.raw.shape)
+            }
         }
     };
 }
@@ -59,30 +163,10 @@ macro_rules! tensor_accessors {
 tensor_accessors!(Tensor);
 tensor_accessors!(IndexTensor);
 
-impl Tensor {
-    /// The underlying wgpu buffer (`None` for an empty tensor), for interop with other wgpu
-    /// code. It may be larger than `4 * len()` bytes; the tensor's data is at its start.
-    pub fn buffer(&self) -> Option<&wgpu::Buffer> {
-        self.raw.buf.as_ref().map(PooledBuffer::buffer)
-    }
-}
-
-impl std::fmt::Debug for Tensor {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Tensor{:?}", self.raw.shape)
-    }
-}
-
-impl std::fmt::Debug for IndexTensor {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "IndexTensor{:?}", self.raw.shape)
-    }
-}
-
 impl Gpu {
     /// Elements and bytes of a 4-byte-element tensor of `shape`, or `Err` when it does not fit
     /// one device buffer (`max_buffer_size`).
-    fn device_bytes(&self, shape: &[usize], what: &str) -> Result<(usize, u64)> {
+    pub(crate) fn device_bytes(&self, shape: &[usize], what: &str) -> Result<(usize, u64)> {
         let len = numel(shape, what)?;
         let bytes = (len as u64)
             .checked_mul(4)
@@ -101,96 +185,106 @@ impl Gpu {
     pub(crate) fn alloc(&self, shape: &[usize], what: &str) -> Result<Raw> {
         let (len, bytes) = self.device_bytes(shape, what)?;
         let buf = if len == 0 {
-            // No GPU work follows for an empty tensor, so the device is checked here: a lost or
-            // destroyed one fails every call (it rejects even an empty submission).
-            self.check_alive()?;
-            self.check_submitted(self.submit([]))?;
+            // No GPU work follows for an empty tensor; a lost device still fails the call.
+            self.check_lost()?;
             None
         } else {
-            Some(self.take_buffer(BufferKind::Storage, bytes))
+            let b = self.take_buffer(super::buffers::BufferKind::Storage, bytes);
+            Some(Arc::new(Storage::Pooled(b)))
         };
         Ok(Raw {
             buf,
+            offset: 0,
             shape: shape.to_vec(),
             len,
             gpu_id: self.id,
+            batch: None,
         })
     }
 
-    fn upload_raw(&self, shape: &[usize], bytes: &[u8], what: &str) -> Result<Raw> {
-        self.check_alive()?;
-        // Refused before wgpu is called.
-        self.device_bytes(shape, what)?;
-        let scope = self.scope();
-        let raw = self.alloc(shape, what)?;
-        if let Some(buf) = &raw.buf {
-            self.queue.write_buffer(buf.buffer(), 0, bytes);
+    /// A view of the caller's `buffer` from byte `offset`, of `shape` (4-byte elements).
+    fn view(&self, buffer: wgpu::Buffer, offset: u64, shape: &[usize], what: &str) -> Result<Raw> {
+        let len = numel(shape, what)?;
+        let align = u64::from(self.limits.min_storage_buffer_offset_alignment);
+        if !offset.is_multiple_of(align) {
+            return Err(Error::InvalidArgument(format!(
+                "{what}: offset {offset} is not a multiple of the storage offset alignment \
+                 {align} (min_storage_buffer_offset_alignment)"
+            )));
         }
-        // Flushes the write; a destroyed device rejects it.
-        let index = self.submit([]);
-        scope.finish(self, "upload")?;
-        self.check_submitted(index)?;
-        Ok(raw)
+        if !buffer.usage().contains(wgpu::BufferUsages::STORAGE) {
+            return Err(Error::InvalidArgument(format!(
+                "{what}: the buffer has usage {:?}, without STORAGE",
+                buffer.usage()
+            )));
+        }
+        let end = (len as u64)
+            .checked_mul(4)
+            .and_then(|b| b.checked_add(offset))
+            .filter(|&end| end <= buffer.size())
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "{what}: shape {shape:?} ({len} elements) from byte {offset} does not fit \
+                     the buffer of {} bytes",
+                    buffer.size()
+                ))
+            })?;
+        let _ = end;
+        self.check_lost()?;
+        Ok(Raw {
+            buf: (len > 0).then(|| Arc::new(Storage::View(buffer))),
+            offset,
+            shape: shape.to_vec(),
+            len,
+            gpu_id: self.id,
+            batch: None,
+        })
     }
 
-    /// Copies an f32 array of any dimension and layout to the GPU.
+    /// A view of `shape.iter().product()` f32 elements of the caller's `buffer` from byte
+    /// `offset`, without a copy: ops read it and write into it in place. `offset` must be a
+    /// multiple of `min_storage_buffer_offset_alignment`, the buffer must have `STORAGE` usage
+    /// (downloading the view, or checked mode, also needs `COPY_SRC`) and hold the view. The
+    /// buffer must belong to this `Gpu`'s device; the view keeps it alive and never pools it.
     ///
     /// ```no_run
     /// # fn main() -> wgconv::Result<()> {
     /// let gpu = wgconv::Gpu::new()?;
-    /// let t = gpu.upload(&ndarray::Array4::<f32>::ones((1, 3, 8, 8)))?;
-    /// assert_eq!(t.shape(), &[1, 3, 8, 8]);
+    /// let buffer = gpu.device().create_buffer(&wgpu::BufferDescriptor {
+    ///     label: Some("arena"),
+    ///     size: 4096,
+    ///     usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+    ///     mapped_at_creation: false,
+    /// });
+    /// let x = gpu.tensor_from_buffer(buffer, 256, &[1, 2, 8, 8])?;
+    /// assert_eq!(x.offset(), 256);
     /// # Ok(()) }
     /// ```
-    pub fn upload<S: Data<Elem = f32>, D: Dimension>(&self, a: &ArrayBase<S, D>) -> Result<Tensor> {
-        // Before a (possibly broadcast, hence huge) view is copied into standard layout.
-        self.device_bytes(a.shape(), "upload")?;
-        let std = a.as_standard_layout();
-        let data = std.as_slice().expect("standard layout is contiguous");
-        Ok(Tensor {
-            raw: self.upload_raw(a.shape(), bytemuck::cast_slice(data), "upload")?,
-        })
-    }
-
-    /// Copies a u32 array (max-pool indices) to the GPU.
-    pub fn upload_indices<S: Data<Elem = u32>, D: Dimension>(
+    pub fn tensor_from_buffer(
         &self,
-        a: &ArrayBase<S, D>,
-    ) -> Result<IndexTensor> {
-        self.device_bytes(a.shape(), "upload_indices")?;
-        let std = a.as_standard_layout();
-        let data = std.as_slice().expect("standard layout is contiguous");
-        Ok(IndexTensor {
-            raw: self.upload_raw(a.shape(), bytemuck::cast_slice(data), "upload_indices")?,
+        buffer: wgpu::Buffer,
+        offset: u64,
+        shape: &[usize],
+    ) -> Result<Tensor> {
+        Ok(Tensor {
+            raw: self.view(buffer, offset, shape, "tensor_from_buffer")?,
         })
     }
 
-    fn download_raw(&self, raw: &Raw) -> Result<Vec<u8>> {
-        self.check_owner(raw, "download")?;
-        if raw.len == 0 {
-            self.check_alive()?;
-            return Ok(Vec::new());
-        }
-        self.read_bytes(raw.buffer(), raw.len as u64 * 4)
+    /// A view of the caller's buffer as u32 max-pool indices; see [`Gpu::tensor_from_buffer`].
+    pub fn index_tensor_from_buffer(
+        &self,
+        buffer: wgpu::Buffer,
+        offset: u64,
+        shape: &[usize],
+    ) -> Result<IndexTensor> {
+        Ok(IndexTensor {
+            raw: self.view(buffer, offset, shape, "index_tensor_from_buffer")?,
+        })
     }
 
-    /// Copies a tensor back to the host (waits for the GPU to finish the work that writes it).
-    pub fn download(&self, t: &Tensor) -> Result<ArrayD<f32>> {
-        let bytes = self.download_raw(&t.raw)?;
-        let data: Vec<f32> = bytemuck::pod_collect_to_vec(&bytes);
-        ArrayD::from_shape_vec(IxDyn(&t.raw.shape), data)
-            .map_err(|e| mismatch(format!("download of {:?}: {e}", t.raw.shape)))
-    }
-
-    /// Copies an index tensor back to the host.
-    pub fn download_indices(&self, t: &IndexTensor) -> Result<ArrayD<u32>> {
-        let bytes = self.download_raw(&t.raw)?;
-        let data: Vec<u32> = bytemuck::pod_collect_to_vec(&bytes);
-        ArrayD::from_shape_vec(IxDyn(&t.raw.shape), data)
-            .map_err(|e| mismatch(format!("download of {:?}: {e}", t.raw.shape)))
-    }
-
-    /// Errs if `raw` was made by another `Gpu` (wgpu would reject it less clearly).
+    /// Errs if `raw` was made by another `Gpu` (wgpu would reject it less clearly), or is the
+    /// pending result of a recorded batch not yet submitted.
     pub(crate) fn check_owner(&self, raw: &Raw, what: &str) -> Result<()> {
         if raw.gpu_id != self.id {
             return Err(Error::InvalidArgument(format!(
@@ -198,8 +292,19 @@ impl Gpu {
                 raw.shape
             )));
         }
+        if raw.is_pending() {
+            return Err(pending(what, &raw.shape));
+        }
         Ok(())
     }
+}
+
+/// The error for a pending result used before its batch is submitted.
+pub(crate) fn pending(what: &str, shape: &[usize]) -> Error {
+    Error::InvalidArgument(format!(
+        "{what}: tensor of shape {shape:?} is the pending result of a recorded batch; submit \
+         (or encode) the batch first"
+    ))
 }
 
 /// The shape of a tensor that must be 4-D, as an array.

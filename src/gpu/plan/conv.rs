@@ -142,6 +142,7 @@ pub fn conv2d_forward(p: &DeviceProfile, g: &Conv2dGeometry, has_bias: bool) -> 
                 elems,
                 has_bias,
                 splits,
+                false,
             )?;
             continue;
         }
@@ -183,8 +184,13 @@ fn algorithm(gemm: bool, depthwise: bool) -> ConvAlgorithm {
     }
 }
 
-/// dx, the transposed convolution of dy, of a geometry with `n > 0`.
-pub fn conv2d_backward_input(p: &DeviceProfile, g: &Conv2dGeometry) -> Result<ConvPlan> {
+/// dx, the transposed convolution of dy, of a geometry with `n > 0`; with `accumulate`, added
+/// to the output (through the scratch and a second pass).
+pub fn conv2d_backward_input(
+    p: &DeviceProfile,
+    g: &Conv2dGeometry,
+    accumulate: bool,
+) -> Result<ConvPlan> {
     let w_len = g.k * g.cg() * g.kh * g.kw;
     p.check_bindable(w_len, "the weight")?;
     let base = conv_params(g)?;
@@ -248,6 +254,7 @@ pub fn conv2d_backward_input(p: &DeviceProfile, g: &Conv2dGeometry) -> Result<Co
                 nc * xu,
                 false,
                 splits,
+                accumulate,
             )?;
             continue;
         }
@@ -258,20 +265,34 @@ pub fn conv2d_backward_input(p: &DeviceProfile, g: &Conv2dGeometry) -> Result<Co
             Kernel::Conv2dBackwardInput
         };
         let total = nc * g.c * element_rows(g.h, depthwise) * g.w;
+        // Accumulating: into the scratch, then added to dx by a second pass.
+        let (target, target_off) = if accumulate {
+            (Slot::whole(Role::Partial, nc * xu), 0)
+        } else {
+            (dxb, out_off)
+        };
         let params = ConvParams {
             n: nc as u32,
             dy_off,
-            out_off,
+            out_off: target_off,
             total: to_u32(total, "inputs per chunk")?,
             ..base
         };
-        steps.push(Step::new(kernel, &params, vec![dyb, wb, dxb], total));
+        steps.push(Step::new(kernel, &params, vec![dyb, wb, target], total));
+        if accumulate {
+            steps.push(reduce_step(target, dxb, out_off, nc * xu, 1, true));
+        }
     }
     Ok(ConvPlan {
         algorithm: algorithm(phases.is_some(), depthwise),
         tile: phases.is_some().then_some(tile),
         splits,
-        scratch: partial_scratch(splits, max_chunk * xu),
+        scratch: if accumulate {
+            p.workspace_splits(splits * max_chunk * xu, "dx accumulation's partial sums")?;
+            Some((splits * max_chunk * xu, "dx accumulation's partial sums"))
+        } else {
+            partial_scratch(splits, max_chunk * xu)
+        },
         chunks,
         phases: phases.as_ref().map_or(0, Vec::len),
         steps,
@@ -298,10 +319,15 @@ fn reduction_chunks(
 }
 
 /// dW: per-workgroup partial sums over N·OH·OW and an ordered second pass per batch chunk
-/// (deterministic, no atomics).
-pub fn conv2d_backward_weight(p: &DeviceProfile, g: &Conv2dGeometry) -> Result<ConvPlan> {
+/// (deterministic, no atomics); with `accumulate`, every pass adds to the output.
+pub fn conv2d_backward_weight(
+    p: &DeviceProfile,
+    g: &Conv2dGeometry,
+    accumulate: bool,
+) -> Result<ConvPlan> {
     let elems = g.k * g.cg() * g.kh * g.kw;
     p.check_bindable(elems, "dW")?;
+    let cap = p.workspace_splits(elems, "dW partial sums")?;
     let base = conv_params(g)?;
     let (xu, yu) = (g.c * g.h * g.w, g.k * g.oh * g.ow);
     let units = [(xu, "input sample"), (yu, "dy sample")];
@@ -311,9 +337,9 @@ pub fn conv2d_backward_weight(p: &DeviceProfile, g: &Conv2dGeometry) -> Result<C
     let tile = dw_tile(p);
     let split_plan = |count: usize| {
         if tiled {
-            tiled_dw_splits(count, g, tile, p.cpu)
+            tiled_dw_splits(count, g, tile, p.cpu, cap)
         } else {
-            reduction_splits(count, elems)
+            reduction_splits(count, elems, cap)
         }
     };
     let (max_splits, _) = split_plan(max_count);
@@ -368,7 +394,7 @@ pub fn conv2d_backward_weight(p: &DeviceProfile, g: &Conv2dGeometry) -> Result<C
         }
         let out = Slot::whole(Role::Out, elems);
         let used = if count > 0 { nsplit } else { 0 };
-        steps.push(reduce_step(pb, out, 0, elems, used, ci > 0));
+        steps.push(reduce_step(pb, out, 0, elems, used, ci > 0 || accumulate));
     }
     Ok(ConvPlan {
         algorithm: algorithm(tiled, depthwise),
@@ -382,9 +408,14 @@ pub fn conv2d_backward_weight(p: &DeviceProfile, g: &Conv2dGeometry) -> Result<C
 }
 
 /// db of a dy of shape `[n, k, oh, ow]` with `k > 0`: dy summed over N, OH, OW per channel,
-/// deterministic.
-pub fn conv2d_backward_bias(p: &DeviceProfile, dy: [usize; 4]) -> Result<ConvPlan> {
+/// deterministic; with `accumulate`, added to the output.
+pub fn conv2d_backward_bias(
+    p: &DeviceProfile,
+    dy: [usize; 4],
+    accumulate: bool,
+) -> Result<ConvPlan> {
     let [n, k, oh, ow] = dy;
+    let cap = p.workspace_splits(k, "db partial sums")?;
     let base = ConvParams {
         k: to_u32(k, "K")?,
         oh: to_u32(oh, "OH")?,
@@ -394,11 +425,11 @@ pub fn conv2d_backward_bias(p: &DeviceProfile, dy: [usize; 4]) -> Result<ConvPla
     let yu = k * oh * ow;
     let units = [(yu, "dy sample")];
     let (chunks, max_count) = reduction_chunks(p, n, oh * ow, n * oh * ow == 0, &units)?;
-    let max_splits = reduction_splits(max_count, k).0;
+    let max_splits = reduction_splits(max_count, k, cap).0;
     let mut steps = Vec::new();
     for (ci, &(n0, n1)) in chunks.iter().enumerate() {
         let count = (n1 - n0) * oh * ow;
-        let (nsplit, split_len) = reduction_splits(count, k);
+        let (nsplit, split_len) = reduction_splits(count, k, cap);
         let pb = Slot::whole(Role::Partial, nsplit * k);
         if count > 0 {
             let (dyb, dy_off) = p.window(Role::Dy, n0 * yu, n1 * yu);
@@ -419,7 +450,7 @@ pub fn conv2d_backward_bias(p: &DeviceProfile, dy: [usize; 4]) -> Result<ConvPla
         }
         let out = Slot::whole(Role::Out, k);
         let used = if count > 0 { nsplit } else { 0 };
-        steps.push(reduce_step(pb, out, 0, k, used, ci > 0));
+        steps.push(reduce_step(pb, out, 0, k, used, ci > 0 || accumulate));
     }
     Ok(ConvPlan {
         algorithm: ConvAlgorithm::Direct,

@@ -137,7 +137,7 @@ impl GemmJob {
 
 /// The dispatches of implicit-GEMM jobs that together write one batch chunk of `elems`
 /// outputs into `out` (at element `out_off` of its window): straight into it with one split,
-/// else into the partial buffer and summed into it by a second pass.
+/// else (or to add to `out`) into the partial buffer and summed into it by a second pass.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn gemm_chunk(
     steps: &mut Vec<Step>,
@@ -149,9 +149,10 @@ pub(super) fn gemm_chunk(
     elems: usize,
     has_bias: bool,
     splits: usize,
+    accumulate: bool,
 ) -> Result<()> {
     let [act, w, b] = inputs;
-    let (target, off, len) = if splits > 1 {
+    let (target, off, len) = if splits > 1 || accumulate {
         (Slot::whole(Role::Partial, splits * elems), 0, elems)
     } else {
         (out.0, out.1, 0)
@@ -160,8 +161,8 @@ pub(super) fn gemm_chunk(
         let binds = [act, w, b, target];
         steps.push(job.step(tile, binds, (act_off, off), has_bias, (splits, len))?);
     }
-    if splits > 1 {
-        steps.push(reduce_step(target, out.0, out.1, elems, splits, false));
+    if splits > 1 || accumulate {
+        steps.push(reduce_step(target, out.0, out.1, elems, splits, accumulate));
     }
     Ok(())
 }

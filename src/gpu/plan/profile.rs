@@ -31,6 +31,9 @@ pub struct DeviceProfile {
     pub max_invocations: u32,
     /// `max_compute_workgroup_storage_size`.
     pub max_workgroup_bytes: u32,
+    /// Most bytes of scratch (split-K partial sums) one op may use; plans pick fewer splits
+    /// to stay within it ([`GpuBuilder::max_workspace_bytes`](crate::GpuBuilder::max_workspace_bytes)).
+    pub max_workspace: u64,
 }
 
 /// The options of [`GpuBuilder`](crate::GpuBuilder) that a profile takes.
@@ -44,6 +47,8 @@ pub struct ProfileOptions {
     pub split_target: Option<usize>,
     /// See [`GpuBuilder::max_binding_bytes`](crate::GpuBuilder::max_binding_bytes).
     pub max_binding_bytes: Option<u64>,
+    /// See [`GpuBuilder::max_workspace_bytes`](crate::GpuBuilder::max_workspace_bytes).
+    pub max_workspace_bytes: Option<u64>,
 }
 
 impl DeviceProfile {
@@ -82,6 +87,7 @@ impl DeviceProfile {
             align,
             max_invocations: limits.max_compute_invocations_per_workgroup,
             max_workgroup_bytes: limits.max_compute_workgroup_storage_size,
+            max_workspace: options.max_workspace_bytes.unwrap_or(u64::MAX),
         };
         let tile = profile.tile;
         if !profile.fits(tile) {
@@ -142,6 +148,21 @@ impl DeviceProfile {
             .step_by(per)
             .map(|i0| (i0, (i0 + per).min(total)))
             .collect())
+    }
+
+    /// Splits of a reduction into `elems` partial sums each that the workspace bound allows
+    /// (at least 1), or `Err` naming the bound when not even one fits.
+    pub fn workspace_splits(&self, elems: usize, what: &str) -> Result<usize> {
+        let one = elems as u64 * 4;
+        let cap = self.max_workspace / one.max(1);
+        if cap == 0 {
+            return Err(Error::DeviceLimit(format!(
+                "{what} need {one} bytes of workspace, more than the bound of {} bytes \
+                 (max_workspace_bytes)",
+                self.max_workspace
+            )));
+        }
+        Ok(usize::try_from(cap).unwrap_or(usize::MAX))
     }
 
     /// Errs if a whole (unchunked) tensor does not fit one binding.

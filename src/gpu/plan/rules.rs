@@ -129,7 +129,8 @@ pub fn gemm_splits(target: usize, tiles: usize, reduce: usize) -> usize {
 /// `elems` outputs per batch chunk: [`gemm_splits`] within the partial-sum budget
 /// ([`MAX_PARTIAL_BYTES`], or one binding).
 pub fn partial_splits(p: &DeviceProfile, tiles: usize, reduce: usize, elems: usize) -> usize {
-    let budget = (MAX_PARTIAL_BYTES.min(p.max_binding) / 4) as usize / elems.max(1);
+    let bytes = MAX_PARTIAL_BYTES.min(p.max_binding).min(p.max_workspace);
+    let budget = (bytes / 4) as usize / elems.max(1);
     gemm_splits(p.split_target, tiles, reduce)
         .min(budget)
         .max(1)
@@ -137,9 +138,11 @@ pub fn partial_splits(p: &DeviceProfile, tiles: usize, reduce: usize, elems: usi
 
 /// `(splits, split_len)` of a direct dW or db reduction of `count` elements into `elems`
 /// outputs: about [`REDUCTION_PER_WORKGROUP`] elements per workgroup, at most [`MAX_SPLITS`]
-/// and [`MAX_PARTIALS`] partial sums.
-pub fn reduction_splits(count: usize, elems: usize) -> (usize, usize) {
-    let max_splits = (MAX_PARTIALS / elems.max(1)).clamp(1, MAX_SPLITS);
+/// and [`MAX_PARTIALS`] partial sums, and at most `cap` splits (the workspace bound).
+pub fn reduction_splits(count: usize, elems: usize, cap: usize) -> (usize, usize) {
+    let max_splits = (MAX_PARTIALS / elems.max(1))
+        .clamp(1, MAX_SPLITS)
+        .min(cap.max(1));
     let want = count.div_ceil(REDUCTION_PER_WORKGROUP).clamp(1, max_splits);
     let split_len = count.div_ceil(want).max(1);
     (count.div_ceil(split_len).max(1), split_len)
@@ -147,8 +150,14 @@ pub fn reduction_splits(count: usize, elems: usize) -> (usize, usize) {
 
 /// `(splits, split_len)` of the tiled dW reduction over `count` output pixels: enough
 /// workgroups to fill the device ([`DW_TARGET_GPU`], [`DW_TARGET_CPU`]), each split at least
-/// [`DW_MIN_SPLIT_STEPS`] steps of `bk`, within the partial-sum budget.
-pub fn tiled_dw_splits(count: usize, g: &Conv2dGeometry, tile: Tile, cpu: bool) -> (usize, usize) {
+/// [`DW_MIN_SPLIT_STEPS`] steps of `bk`, within the partial-sum budget and `cap` splits.
+pub fn tiled_dw_splits(
+    count: usize,
+    g: &Conv2dGeometry,
+    tile: Tile,
+    cpu: bool,
+    cap: usize,
+) -> (usize, usize) {
     let tiles = g.kg().div_ceil(tile.bm as usize)
         * (g.cg() * g.kh * g.kw).div_ceil(tile.bn as usize)
         * g.groups;
@@ -160,6 +169,7 @@ pub fn tiled_dw_splits(count: usize, g: &Conv2dGeometry, tile: Tile, cpu: bool) 
         .min(by_length)
         .min(MAX_SPLITS)
         .min((MAX_PARTIALS / elems.max(1)).max(1))
+        .min(cap)
         .max(1);
     let split_len = count.div_ceil(want).div_ceil(tile.bk as usize).max(1) * tile.bk as usize;
     (count.div_ceil(split_len).max(1), split_len)
