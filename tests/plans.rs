@@ -175,11 +175,15 @@ fn rules_pick_kernels_and_tiles_by_shape_and_driver() {
             ConvAlgorithm::Depthwise
         );
         assert_eq!(
-            plan::conv2d_backward_input(p, &dwise, false).unwrap().algorithm,
+            plan::conv2d_backward_input(p, &dwise, false)
+                .unwrap()
+                .algorithm,
             ConvAlgorithm::Depthwise
         );
         assert_eq!(
-            plan::conv2d_backward_weight(p, &dwise, false).unwrap().algorithm,
+            plan::conv2d_backward_weight(p, &dwise, false)
+                .unwrap()
+                .algorithm,
             ConvAlgorithm::Depthwise
         );
     }
@@ -201,7 +205,10 @@ fn rules_pick_kernels_and_tiles_by_shape_and_driver() {
         ..Default::default()
     };
     let g = geometry([2, 32, 16, 16], [32, 32, 3, 3], s2);
-    assert_eq!(plan::conv2d_backward_input(&gpu, &g, false).unwrap().phases, 4);
+    assert_eq!(
+        plan::conv2d_backward_input(&gpu, &g, false).unwrap().phases,
+        4
+    );
 }
 
 #[test]

@@ -110,6 +110,9 @@ fn kernels_load_the_shader_files() {
         assert_eq!(file, k.def().file, "{}", k.name());
         assert_eq!(source::assemble(&file), k.source(), "{}", k.name());
         translate_all(k.name(), k.source(), &k.constants());
+        // The variant for a dispatch that binds one buffer as input and output.
+        let aliased = wgconv::gpu::kernels::aliased_source(k.source());
+        translate_all(&format!("{} (aliased)", k.name()), &aliased, &k.constants());
     }
     for tile in Tile::CANDIDATES {
         assert!(tile.is_valid(), "{tile:?}");

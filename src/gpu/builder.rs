@@ -356,7 +356,11 @@ pub(crate) fn check_limits(limits: &wgpu::Limits) -> Result<()> {
             limits.max_uniform_buffer_binding_size,
             need.max_uniform_buffer_binding_size,
         ),
-        ("max_buffer_size", limits.max_buffer_size, need.max_buffer_size),
+        (
+            "max_buffer_size",
+            limits.max_buffer_size,
+            need.max_buffer_size,
+        ),
     ];
     for (name, have, want) in at_least {
         if have < want {

@@ -126,13 +126,15 @@ impl Gpu {
     fn download_f32(&self, r: &Raw) -> Result<ArrayD<f32>> {
         let bytes = self.download_raw(r)?;
         let data: Vec<f32> = bytemuck::pod_collect_to_vec(&bytes);
-        ArrayD::from_shape_vec(r.shape.clone(), data).map_err(|e| Error::ShapeMismatch(e.to_string()))
+        ArrayD::from_shape_vec(r.shape.clone(), data)
+            .map_err(|e| Error::ShapeMismatch(e.to_string()))
     }
 
     fn download_u32(&self, r: &Raw) -> Result<ArrayD<u32>> {
         let bytes = self.download_raw(r)?;
         let data: Vec<u32> = bytemuck::pod_collect_to_vec(&bytes);
-        ArrayD::from_shape_vec(r.shape.clone(), data).map_err(|e| Error::ShapeMismatch(e.to_string()))
+        ArrayD::from_shape_vec(r.shape.clone(), data)
+            .map_err(|e| Error::ShapeMismatch(e.to_string()))
     }
 
     /// The reference's result of `call`, and for a max-pool forward its indices.
@@ -162,8 +164,7 @@ impl Gpu {
                 spec,
             } => {
                 let (x, dy) = (x4(x)?, x4(dy)?);
-                reference::conv2d_backward_weight(x.view(), dy.view(), *kernel_hw, spec)?
-                    .into_dyn()
+                reference::conv2d_backward_weight(x.view(), dy.view(), *kernel_hw, spec)?.into_dyn()
             }
             OpCall::ConvBackwardBias { dy } => {
                 reference::conv2d_backward_bias(x4(dy)?.view()).into_dyn()
@@ -189,20 +190,16 @@ impl Gpu {
                 x,
                 spec,
                 count_include_pad,
-            } => reference::avg_pool2d_forward(x4(x)?.view(), spec, *count_include_pad)?
-                .into_dyn(),
+            } => reference::avg_pool2d_forward(x4(x)?.view(), spec, *count_include_pad)?.into_dyn(),
             OpCall::AvgBackward {
                 dy,
                 input_hw,
                 spec,
                 count_include_pad,
-            } => reference::avg_pool2d_backward(
-                x4(dy)?.view(),
-                *input_hw,
-                spec,
-                *count_include_pad,
-            )?
-            .into_dyn(),
+            } => {
+                reference::avg_pool2d_backward(x4(dy)?.view(), *input_hw, spec, *count_include_pad)?
+                    .into_dyn()
+            }
         };
         Ok((want, None))
     }

@@ -319,3 +319,56 @@ impl Gpu {
             .map(drop)
     }
 }
+
+/// A conv op, for [`Gpu::conv2d_workspace_bytes`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvOp {
+    /// [`Gpu::conv2d_forward`] (with a bias or not: the same scratch).
+    Forward,
+    /// [`Gpu::conv2d_backward_input`].
+    BackwardInput,
+    /// [`Gpu::conv2d_backward_input_accumulate`].
+    BackwardInputAccumulate,
+    /// [`Gpu::conv2d_backward_weight`] and its accumulating form.
+    BackwardWeight,
+    /// [`Gpu::conv2d_backward_bias`] and its accumulating form.
+    BackwardBias,
+}
+
+impl Gpu {
+    /// The scratch bytes (split-K partial sums) `op` will allocate for an input of shape `x`
+    /// `[N, C, H, W]` and a weight of shape `w` `[K, C/groups, kh, kw]` under `spec`, on this
+    /// device and within its workspace bound ([`GpuBuilder::max_workspace_bytes`]); 0 when it
+    /// needs none. Pools need none. `Err` for shapes the op would refuse.
+    ///
+    /// ```no_run
+    /// # fn main() -> wgconv::Result<()> {
+    /// use wgconv::gpu::ConvOp;
+    /// let gpu = wgconv::Gpu::builder().max_workspace_bytes(1 << 20).build()?;
+    /// let spec = wgconv::Conv2dSpec::default();
+    /// let bytes = gpu.conv2d_workspace_bytes(ConvOp::BackwardWeight, [8, 64, 28, 28], [64, 64, 3, 3], &spec)?;
+    /// assert!(bytes <= 1 << 20);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// [`GpuBuilder::max_workspace_bytes`]: super::GpuBuilder::max_workspace_bytes
+    pub fn conv2d_workspace_bytes(
+        &self,
+        op: ConvOp,
+        x: [usize; 4],
+        w: [usize; 4],
+        spec: &Conv2dSpec,
+    ) -> Result<u64> {
+        let g = spec.forward_geometry(x, w)?;
+        let p = &self.profile;
+        let plan = match op {
+            _ if g.n == 0 && op != ConvOp::BackwardWeight => return Ok(0),
+            ConvOp::Forward => plan::conv2d_forward(p, &g, false)?,
+            ConvOp::BackwardInput => plan::conv2d_backward_input(p, &g, false)?,
+            ConvOp::BackwardInputAccumulate => plan::conv2d_backward_input(p, &g, true)?,
+            ConvOp::BackwardWeight => plan::conv2d_backward_weight(p, &g, false)?,
+            ConvOp::BackwardBias => plan::conv2d_backward_bias(p, g.y_shape(), false)?,
+        };
+        Ok(plan.scratch.map_or(0, |(elems, _)| elems as u64 * 4))
+    }
+}

@@ -35,11 +35,12 @@ pub use buffers::PoolStats;
 use buffers::{BufferKind, Pool, PooledBuffer};
 pub use builder::{Algorithm, GpuBuilder};
 use builder::{describe, nanos};
+pub use conv::ConvOp;
 use kernels::{Kernel, PipelineCache, Tile};
 use plan::DeviceProfile;
 pub use recorder::Recorder;
-pub use submit::GpuCounters;
 use submit::Counters;
+pub use submit::GpuCounters;
 pub use tensor::{IndexTensor, Tensor};
 use timing::Profiler;
 
@@ -201,7 +202,12 @@ impl Gpu {
     }
 
     /// Binds elements `[start, end)` of `raw` (see [`DeviceProfile::window`]), at its offset.
-    pub(crate) fn window<'a>(&self, raw: &'a tensor::Raw, start: usize, end: usize) -> (Bind<'a>, u32) {
+    pub(crate) fn window<'a>(
+        &self,
+        raw: &'a tensor::Raw,
+        start: usize,
+        end: usize,
+    ) -> (Bind<'a>, u32) {
         let (slot, elem_off) = self.profile.window(plan::Role::Out, start, end);
         let bind = Bind {
             buffer: raw.buffer(),

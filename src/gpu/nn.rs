@@ -354,8 +354,11 @@ impl Gpu {
         let grad = self.new_output(&[n, c], "softmax_cross_entropy gradient")?;
         if n == 0 {
             self.check_alive()?;
-            self.queue
-                .write_buffer(loss.raw.buffer(), loss.raw.offset, bytemuck::bytes_of(&f32::NAN));
+            self.queue.write_buffer(
+                loss.raw.buffer(),
+                loss.raw.offset,
+                bytemuck::bytes_of(&f32::NAN),
+            );
             return Ok((loss, grad));
         }
         self.check_bindable(logits.len(), "softmax_cross_entropy: logits")?;

@@ -124,12 +124,14 @@ impl Gpu {
         mut result: Raw,
         job: Option<(OpCall, Option<Raw>, Option<Before>)>,
     ) -> Result<Option<Tensor>> {
-        let check = job.filter(|_| self.checked).map(|(call, indices, before)| CheckJob {
-            call,
-            out: result.clone(),
-            indices,
-            before,
-        });
+        let check = job
+            .filter(|_| self.checked)
+            .map(|(call, indices, before)| CheckJob {
+                call,
+                out: result.clone(),
+                indices,
+                before,
+            });
         match sink {
             Sink::Eager => {
                 if let Some(job) = check {
@@ -140,7 +142,8 @@ impl Gpu {
                 let batch = rec.batch.clone();
                 result.batch = Some(batch.clone());
                 if let Some(job) = check {
-                    rec.checks.push(Box::new(move |gpu: &Gpu| gpu.run_check(job)));
+                    rec.checks
+                        .push(Box::new(move |gpu: &Gpu| gpu.run_check(job)));
                 }
             }
         }

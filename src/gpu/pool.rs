@@ -37,7 +37,9 @@ impl Gpu {
     ) -> Result<Raw> {
         const OP: &str = "max_pool2d_forward";
         let Some(t) = given else {
-            return Ok(self.output_indices(shape, "max_pool2d_forward indices")?.raw);
+            return Ok(self
+                .output_indices(shape, "max_pool2d_forward indices")?
+                .raw);
         };
         // The same checks as a value output's, on a stand-in tensor of the caller's raw.
         let mut stand_in = Tensor { raw: t.raw.clone() };

@@ -103,7 +103,12 @@ impl Gpu {
     }
 
     /// Copies `bytes` of `src` from `offset` to a staging buffer and reads them on the host.
-    pub(crate) fn read_bytes(&self, src: &wgpu::Buffer, offset: u64, bytes: u64) -> Result<Vec<u8>> {
+    pub(crate) fn read_bytes(
+        &self,
+        src: &wgpu::Buffer,
+        offset: u64,
+        bytes: u64,
+    ) -> Result<Vec<u8>> {
         self.check_alive()?;
         let scope = self.scope();
         let staging = self.take_buffer(BufferKind::Staging, bytes);
@@ -176,9 +181,7 @@ impl Gpu {
         });
         let mut encoder = self
             .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some(what),
-            });
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(what) });
         encoder.copy_buffer_to_buffer(raw.buffer(), raw.offset, &staging, 0, bytes);
         let state = Arc::new(Mutex::new(MapState::default()));
         let cb = state.clone();

@@ -176,8 +176,12 @@ impl Gpu {
 
     /// Runs the checks of batches the caller encoded and has submitted since (checked mode).
     pub(crate) fn run_encoded_checks(&self) -> Result<()> {
-        let checks: Vec<Check> =
-            std::mem::take(&mut *self.encoded_checks.lock().unwrap_or_else(|e| e.into_inner()));
+        let checks: Vec<Check> = std::mem::take(
+            &mut *self
+                .encoded_checks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
         checks.into_iter().try_for_each(|check| check(self))
     }
 }

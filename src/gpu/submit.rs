@@ -100,6 +100,19 @@ impl<'a> Buffers<'a> {
     }
 }
 
+/// Whether a dispatch binds one buffer both as an input and as an output (then it runs the
+/// kernel's all-`read_write` variant: wgpu refuses the mix in one dispatch).
+fn aliased(d: &Dispatch<'_>) -> bool {
+    let access = d.kernel.def().bindings;
+    d.bindings.iter().zip(access).any(|(b, &a)| {
+        a == super::kernels::Access::ReadWrite
+            && d.bindings
+                .iter()
+                .zip(access)
+                .any(|(o, &oa)| oa == super::kernels::Access::Read && o.buffer == b.buffer)
+    })
+}
+
 /// Where an op's dispatches go: its own encoder, submitted at once, or a recorded batch.
 pub(crate) enum Sink<'r> {
     Eager,
@@ -244,9 +257,9 @@ impl Gpu {
             timestamp_writes,
         });
         for (d, &(gx, gy)) in dispatches.iter().zip(&grids) {
-            let compiled = self
-                .pipelines
-                .get(&self.device, d.kernel, self.runtime_checks);
+            let compiled =
+                self.pipelines
+                    .get(&self.device, d.kernel, self.runtime_checks, aliased(d));
             let uniform = self.take_buffer(BufferKind::Uniform, d.params.len() as u64);
             self.queue.write_buffer(uniform.buffer(), 0, &d.params);
             let mut entries = vec![wgpu::BindGroupEntry {

@@ -73,10 +73,18 @@ fn uniform_bias(
 }
 
 /// 2-D convolution with a weight `[K, C/groups, kh, kw]` and an optional bias `[K]`.
+///
+/// A layer may be applied several times before its backward (shared weights, a siamese
+/// branch): each forward saves its input, each backward takes the latest, and the gradients of
+/// one step add up (the first backward after a fresh forward sets them, the later ones
+/// accumulate into them, deterministically, on the GPU).
 pub struct Conv2d {
     params: WeightBias,
     spec: Conv2dSpec,
-    input: Option<Tensor>,
+    /// Inputs of the forwards not yet taken by a backward, latest last.
+    inputs: Vec<Tensor>,
+    /// The next backward starts this step's gradients rather than adding to them.
+    fresh: bool,
 }
 
 impl Conv2d {
@@ -124,7 +132,8 @@ impl Conv2d {
         Ok(Conv2d {
             params: WeightBias::new("Conv2d", weight, bias)?,
             spec,
-            input: None,
+            inputs: Vec::new(),
+            fresh: true,
         })
     }
 
@@ -139,23 +148,33 @@ impl Layer for Conv2d {
             self.params.bias.as_ref(),
             &self.spec,
         )?;
-        self.input = Some(x);
+        if self.inputs.is_empty() {
+            self.fresh = true;
+        }
+        self.inputs.push(x);
         Ok(y)
     }
     fn backward(&mut self, gpu: &Gpu, dy: Tensor) -> Result<Tensor> {
-        let x = self.input.as_ref().ok_or_else(|| no_forward("Conv2d"))?;
+        let x = self.inputs.last().ok_or_else(|| no_forward("Conv2d"))?;
         let dx =
             gpu.conv2d_backward_input(&dy, &self.params.weight, hw(x, "Conv2d")?, &self.spec)?;
         self.backward_params(gpu, dy)?;
         Ok(dx)
     }
     fn backward_params(&mut self, gpu: &Gpu, dy: Tensor) -> Result<()> {
-        let x = self.input.take().ok_or_else(|| no_forward("Conv2d"))?;
+        let x = self.inputs.pop().ok_or_else(|| no_forward("Conv2d"))?;
         let s = self.params.weight.shape();
         let khw = [s[2], s[3]];
-        self.params.dw = Some(gpu.conv2d_backward_weight(&x, &dy, khw, &self.spec)?);
+        let fresh = std::mem::replace(&mut self.fresh, false);
+        match (&mut self.params.dw, fresh) {
+            (Some(dw), false) => gpu.conv2d_backward_weight_accumulate(&x, &dy, &self.spec, dw)?,
+            _ => self.params.dw = Some(gpu.conv2d_backward_weight(&x, &dy, khw, &self.spec)?),
+        }
         if self.params.bias.is_some() {
-            self.params.db = Some(gpu.conv2d_backward_bias(&dy)?);
+            match (&mut self.params.db, fresh) {
+                (Some(db), false) => gpu.conv2d_backward_bias_accumulate(&dy, db)?,
+                _ => self.params.db = Some(gpu.conv2d_backward_bias(&dy)?),
+            }
         }
         Ok(())
     }

@@ -68,3 +68,35 @@ pub fn close<D: Dimension, E: Dimension>(got: &Array<f64, D>, want: &Array<f64, 
         c.worst
     );
 }
+
+/// A device and queue made the way a framework makes its own: the adapter the environment names
+/// (`WGPU_BACKEND`), `limits` requested, no features. Fails loudly without an adapter.
+pub fn caller_device(limits: wgpu::Limits) -> (wgpu::Device, wgpu::Queue) {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+    if let Ok(v) = std::env::var("WGPU_BACKEND") {
+        desc.backends = wgpu::Backends::from_comma_list(&v);
+    }
+    let instance = wgpu::Instance::new(desc);
+    let adapter = pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
+        force_fallback_adapter: false,
+        ..Default::default()
+    }))
+    .expect("a wgpu adapter (see tests/common for the drivers)");
+    pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+        label: Some("the caller's device"),
+        required_features: wgpu::Features::empty(),
+        required_limits: limits,
+        ..Default::default()
+    }))
+    .expect("a device with the requested limits")
+}
+
+/// A buffer of the caller's, `bytes` long, with `usage`.
+pub fn caller_buffer(device: &wgpu::Device, bytes: u64, usage: wgpu::BufferUsages) -> wgpu::Buffer {
+    device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("the caller's buffer"),
+        size: bytes,
+        usage,
+        mapped_at_creation: false,
+    })
+}

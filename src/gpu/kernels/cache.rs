@@ -13,15 +13,28 @@ pub(crate) struct Pipeline {
     pub layout: wgpu::BindGroupLayout,
 }
 
-/// Compiled pipelines, keyed by kernel (which includes its specialisation, e.g. the tile).
+/// Compiled pipelines, keyed by kernel (which includes its specialisation, e.g. the tile) and
+/// by whether its storage bindings are all `read_write` (see [`aliased_source`]).
 #[derive(Default)]
 pub(crate) struct PipelineCache {
-    map: Mutex<HashMap<Kernel, Pipeline>>,
+    map: Mutex<HashMap<(Kernel, bool), Pipeline>>,
+}
+
+/// The variant of a kernel for a dispatch that binds one buffer both as an input and as an
+/// output (views of one arena buffer of the caller's): wgpu refuses a buffer bound read-only and
+/// read-write in one dispatch, so every storage binding of the variant is `read_write`. The
+/// kernel reads and writes the same elements either way; only the declared access differs.
+pub fn aliased_source(source: &str) -> String {
+    source.replace("var<storage, read>", "var<storage, read_write>")
 }
 
 /// The bind group layout of a kernel: its params block as uniform binding 0, then its storage
 /// bindings with their access.
-fn bind_group_layout(device: &wgpu::Device, kernel: Kernel) -> wgpu::BindGroupLayout {
+fn bind_group_layout(
+    device: &wgpu::Device,
+    kernel: Kernel,
+    aliased: bool,
+) -> wgpu::BindGroupLayout {
     let def = kernel.def();
     let uniform = wgpu::BindGroupLayoutEntry {
         binding: 0,
@@ -42,7 +55,7 @@ fn bind_group_layout(device: &wgpu::Device, kernel: Kernel) -> wgpu::BindGroupLa
             visibility: wgpu::ShaderStages::COMPUTE,
             ty: wgpu::BindingType::Buffer {
                 ty: wgpu::BufferBindingType::Storage {
-                    read_only: access == Access::Read,
+                    read_only: access == Access::Read && !aliased,
                 },
                 has_dynamic_offset: false,
                 min_binding_size: None,
@@ -61,10 +74,16 @@ impl PipelineCache {
     /// caller's error scope. Without `runtime_checks` the shader is created without naga's
     /// bounds checks, loop bounding and division guards (the kernels check their own indices
     /// against sizes the host validated).
-    pub fn get(&self, device: &wgpu::Device, kernel: Kernel, runtime_checks: bool) -> Pipeline {
+    pub fn get(
+        &self,
+        device: &wgpu::Device,
+        kernel: Kernel,
+        runtime_checks: bool,
+        aliased: bool,
+    ) -> Pipeline {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        map.entry(kernel)
-            .or_insert_with(|| compile(device, kernel, runtime_checks))
+        map.entry((kernel, aliased))
+            .or_insert_with(|| compile(device, kernel, runtime_checks, aliased))
             .clone()
     }
 
@@ -73,7 +92,7 @@ impl PipelineCache {
     }
 }
 
-fn compile(device: &wgpu::Device, kernel: Kernel, runtime_checks: bool) -> Pipeline {
+fn compile(device: &wgpu::Device, kernel: Kernel, runtime_checks: bool, aliased: bool) -> Pipeline {
     // Kernel tuning without a rebuild: WGCONV_SHADER_DIR=dir loads dir/<name>.wgsl (joined with
     // the built-in library) instead of the built-in file where such a file exists.
     let source = std::env::var_os("WGCONV_SHADER_DIR")
@@ -84,6 +103,11 @@ fn compile(device: &wgpu::Device, kernel: Kernel, runtime_checks: bool) -> Pipel
         .map_or(std::borrow::Cow::Borrowed(kernel.source()), |file| {
             std::borrow::Cow::Owned(source::assemble(&file))
         });
+    let source = if aliased {
+        std::borrow::Cow::Owned(aliased_source(&source))
+    } else {
+        source
+    };
     let desc = wgpu::ShaderModuleDescriptor {
         label: Some(kernel.name()),
         source: wgpu::ShaderSource::Wgsl(source),
@@ -97,7 +121,7 @@ fn compile(device: &wgpu::Device, kernel: Kernel, runtime_checks: bool) -> Pipel
         // sizes and groups).
         unsafe { device.create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked()) }
     };
-    let layout = bind_group_layout(device, kernel);
+    let layout = bind_group_layout(device, kernel, aliased);
     let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
         label: Some(kernel.name()),
         bind_group_layouts: &[Some(&layout)],

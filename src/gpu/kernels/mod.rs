@@ -14,6 +14,7 @@ mod tile;
 use std::sync::OnceLock;
 
 pub(crate) use cache::PipelineCache;
+pub use cache::aliased_source;
 pub use params::{
     ConvParams, EltParams, GemmParams, MatmulParams, PoolParams, ReduceParams, RowsParams,
     SgdParams,
