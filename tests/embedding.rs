@@ -295,7 +295,8 @@ fn eager_ops_submit_once_and_never_poll() {
     let (_, idx) = gpu.max_pool2d_forward(&x, &p).unwrap();
     let pdy = gpu.upload(&rng.array4_f32([2, 3, 4, 4])).unwrap();
     let s = Conv2dSpec::default();
-    let ops: Vec<(&str, Box<dyn Fn() -> wgconv::Result<Tensor> + '_>)> = vec![
+    type Op<'a> = Box<dyn Fn() -> wgconv::Result<Tensor> + 'a>;
+    let ops: Vec<(&str, Op<'_>)> = vec![
         (
             "conv2d_forward",
             Box::new(|| gpu.conv2d_forward(&x, &w, None, &s)),
