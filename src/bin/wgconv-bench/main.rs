@@ -8,6 +8,7 @@
 //! Exit status: 0 when every check passed (or was skipped), 1 when a result mismatched the
 //! reference, 2 on any other error, 3 when no GPU adapter could be found.
 
+mod chain;
 mod report;
 mod runner;
 mod suite;
@@ -82,6 +83,11 @@ struct Cli {
     /// Print the suite's layers and exit.
     #[arg(long)]
     list: bool,
+    /// After the suite, time a latency-bound chain of this many small convs issued eagerly and
+    /// recorded into one batch (host µs per op, submissions per op, step wall time); 0 skips it.
+    /// GPU only.
+    #[arg(long, default_value_t = 200, value_name = "OPS")]
+    chain: usize,
 }
 
 fn main() -> ExitCode {
@@ -137,6 +143,7 @@ fn run(cli: &Cli) -> wgconv::Result<ExitCode> {
         seed: cli.seed,
     };
 
+    let mut host_chain = None;
     let (adapter, results) = match cli.device {
         Device::Gpu => {
             let gpu = Gpu::builder()
@@ -157,6 +164,10 @@ fn run(cli: &Cli) -> wgconv::Result<ExitCode> {
                 );
             }
             let results = run_suite(&engine, &cfg, &layers)?;
+            if cli.chain > 0 {
+                eprintln!("wgconv-bench: timing the host chain of {} convs", cli.chain);
+                host_chain = Some(chain::run(&gpu, cli.chain, cfg.repeats, cli.seed)?);
+            }
             (adapter, results)
         }
         Device::Cpu => (cpu_adapter(), run_suite(&CpuEngine, &cfg, &layers)?),
@@ -182,9 +193,13 @@ fn run(cli: &Cli) -> wgconv::Result<ExitCode> {
         wgconv_version: env!("CARGO_PKG_VERSION"),
         total_s: started.elapsed().as_secs_f64(),
         results,
+        host_chain,
     };
 
     print!("{}", report.table());
+    if let Some(c) = &report.host_chain {
+        print!("{}", chain::table(c));
+    }
     let write = |path: &PathBuf, text: String| {
         std::fs::write(path, text)
             .map_err(|e| Error::InvalidArgument(format!("cannot write {}: {e}", path.display())))

@@ -299,6 +299,9 @@ pub struct Report {
     /// Wall time of the whole run in seconds (setup, checks and all).
     pub total_s: f64,
     pub results: Vec<OpResult>,
+    /// The latency-bound chain's host cost, eager against recorded (GPU runs with `--chain`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_chain: Option<crate::chain::ChainReport>,
 }
 
 impl Report {

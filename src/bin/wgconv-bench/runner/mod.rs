@@ -12,7 +12,8 @@ use wgconv::{Result, reference};
 pub use check::CheckOutcome;
 use check::{check_values, check_with_indices};
 pub use engine::{CpuEngine, Engine, GpuEngine};
-use inputs::{f64s, random, seed_for};
+pub use inputs::random;
+use inputs::{f64s, seed_for};
 
 use crate::report::{OpResult, Shape};
 use crate::suite::{Layer, LayerKind, Op};
