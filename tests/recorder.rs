@@ -260,10 +260,19 @@ fn download_async_polls_the_device_itself() {
             break;
         }
     }
-    assert!(
-        pending,
-        "the first poll was ready every time: no work was outstanding"
-    );
+    // wgpu's GL backend runs a submission's commands inside `submit` (llvmpipe finishes them
+    // there): no work is outstanding by the first poll, so only Vulkan can show it pending.
+    if gpu.adapter_info().backend == wgpu::Backend::Gl {
+        eprintln!(
+            "download_async_polls_the_device_itself: pending first poll NOT CHECKED on GL (the \
+             GL backend completes the work inside submit); it is checked on Vulkan"
+        );
+    } else {
+        assert!(
+            pending,
+            "the first poll was ready every time: no work was outstanding"
+        );
+    }
     let fut = gpu.download_async(&y);
     let want = gpu.download(&y).unwrap();
     drop(y);
