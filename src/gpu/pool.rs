@@ -9,7 +9,7 @@ use super::submit::{Buffers, Sink};
 use super::tensor::{Raw, dims4};
 use super::{Gpu, IndexTensor, Tensor};
 use crate::error::{Result, mismatch};
-use crate::spec::{Pool2dGeometry, Pool2dSpec, check_plane_indexable};
+use crate::spec::{Pool2dGeometry, Pool2dSpec};
 
 impl Gpu {
     /// Plans and runs (or records) a pool op.
@@ -56,8 +56,7 @@ impl Gpu {
         outs: Option<(&mut Tensor, &mut IndexTensor)>,
     ) -> Result<Option<(Tensor, IndexTensor)>> {
         const OP: &str = "max_pool2d_forward";
-        let g = spec.geometry(dims4(&x.raw, "x")?)?;
-        check_plane_indexable(g.h, g.w)?;
+        let g = spec.max_geometry(dims4(&x.raw, "x")?)?;
         self.check_inputs(sink, OP, &[&x.raw])?;
         let (out, idx_out) = match outs {
             Some((y, idx)) => (Out::Into(y), Some(idx)),
@@ -102,15 +101,7 @@ impl Gpu {
         out: Out<'_>,
     ) -> Result<Option<Tensor>> {
         const OP: &str = "max_pool2d_backward";
-        let g = spec.backward_geometry(dims4(&dy.raw, "dy")?, input_hw, false)?;
-        check_plane_indexable(g.h, g.w)?;
-        if indices.shape() != dy.shape() {
-            return Err(mismatch(format!(
-                "indices shape {:?} differs from dy shape {:?}",
-                indices.shape(),
-                dy.shape()
-            )));
-        }
+        let g = spec.max_backward_geometry(dims4(&dy.raw, "dy")?, indices.shape(), input_hw)?;
         let inputs = [&dy.raw, &indices.raw];
         self.check_inputs(sink, OP, &inputs)?;
         let dx = self.target(sink, OP, &out, &g.x_shape(), &inputs)?;

@@ -84,7 +84,8 @@ fn weight_matrix<A: Element>(g: &Conv2dGeometry, w: &ArrayView4<A>) -> Array2<A>
         .expect("weight is standard layout")
 }
 
-/// im2col + GEMM forward, parallel over the batch.
+/// `y = conv2d(x, w) + bias`: x `[N, C, H, W]`, w `[K, C/groups, kh, kw]`, bias `[K]`; by
+/// im2col + GEMM, parallel over the batch.
 pub fn conv2d_forward<A: Element>(
     x: ArrayView4<A>,
     w: ArrayView4<A>,
@@ -131,7 +132,8 @@ pub fn conv2d_forward<A: Element>(
     Ok(y)
 }
 
-/// GEMM + col2im dx, parallel over the batch.
+/// dx `[N, C, H, W]` from dy `[N, K, OH, OW]` and w; `input_hw` is the forward input's `[H, W]`;
+/// by GEMM + col2im, parallel over the batch.
 pub fn conv2d_backward_input<A: Element>(
     dy: ArrayView4<A>,
     w: ArrayView4<A>,
@@ -172,7 +174,8 @@ pub fn conv2d_backward_input<A: Element>(
     Ok(dx)
 }
 
-/// im2col + GEMM dW: per chunk of samples a partial sum, partials added in batch order.
+/// dW `[K, C/groups, kh, kw]` from x and dy, summed over the batch and output positions; by
+/// im2col + GEMM, per chunk of samples a partial sum, partials added in batch order.
 pub fn conv2d_backward_weight<A: Element>(
     x: ArrayView4<A>,
     dy: ArrayView4<A>,

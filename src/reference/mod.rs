@@ -27,7 +27,6 @@ pub mod transposed;
 use ndarray::{Array1, Array4, ArrayView1, ArrayView4, Axis};
 
 use crate::error::{Result, mismatch};
-use crate::spec::{Conv2dSpec, Pool2dSpec};
 
 /// Scalar types the reference runs in: `f32` and `f64`.
 pub trait Element:
@@ -93,75 +92,13 @@ pub(crate) fn check_bias<A>(bias: Option<&ArrayView1<A>>, k: usize) -> Result<()
     }
 }
 
-/// `y = conv2d(x, w) + bias`: x `[N, C, H, W]`, w `[K, C/groups, kh, kw]`, bias `[K]`.
-pub fn conv2d_forward<A: Element>(
-    x: ArrayView4<A>,
-    w: ArrayView4<A>,
-    bias: Option<ArrayView1<A>>,
-    spec: &Conv2dSpec,
-) -> Result<Array4<A>> {
-    gemm::conv2d_forward(x, w, bias, spec)
-}
-
-/// dx `[N, C, H, W]` from dy `[N, K, OH, OW]` and w; `input_hw` is the forward input's `[H, W]`.
-pub fn conv2d_backward_input<A: Element>(
-    dy: ArrayView4<A>,
-    w: ArrayView4<A>,
-    input_hw: [usize; 2],
-    spec: &Conv2dSpec,
-) -> Result<Array4<A>> {
-    gemm::conv2d_backward_input(dy, w, input_hw, spec)
-}
-
-/// dW `[K, C/groups, kh, kw]` from x and dy, summed over the batch and output positions.
-pub fn conv2d_backward_weight<A: Element>(
-    x: ArrayView4<A>,
-    dy: ArrayView4<A>,
-    kernel_hw: [usize; 2],
-    spec: &Conv2dSpec,
-) -> Result<Array4<A>> {
-    gemm::conv2d_backward_weight(x, dy, kernel_hw, spec)
-}
+// The contract's functions: the GEMM methods for the convs (the direct loops and the explicit
+// transposed convolution are the cross-checks, in their modules), the pool module's scans.
+pub use gemm::{conv2d_backward_input, conv2d_backward_weight, conv2d_forward};
+pub use pool::{avg_pool2d_backward, avg_pool2d_forward, max_pool2d_backward, max_pool2d_forward};
 
 /// db `[K]`: dy summed over N, OH and OW (in that order, per channel).
 pub fn conv2d_backward_bias<A: Element>(dy: ArrayView4<A>) -> Array1<A> {
     let k = dy.shape()[1];
     Array1::from_shape_fn(k, |c| dy.index_axis(Axis(1), c).iter().copied().sum())
-}
-
-/// Max-pool: values and the flat `h * W + w` index of each window's maximum in its input plane.
-pub fn max_pool2d_forward<A: Element>(
-    x: ArrayView4<A>,
-    spec: &Pool2dSpec,
-) -> Result<(Array4<A>, Array4<u32>)> {
-    pool::max_pool2d_forward(x, spec)
-}
-
-/// Max-pool backward: dy added into dx at each window's index.
-pub fn max_pool2d_backward<A: Element>(
-    dy: ArrayView4<A>,
-    indices: ArrayView4<u32>,
-    input_hw: [usize; 2],
-    spec: &Pool2dSpec,
-) -> Result<Array4<A>> {
-    pool::max_pool2d_backward(dy, indices, input_hw, spec)
-}
-
-/// Average pool with zero padding and PyTorch's divisor rules.
-pub fn avg_pool2d_forward<A: Element>(
-    x: ArrayView4<A>,
-    spec: &Pool2dSpec,
-    count_include_pad: bool,
-) -> Result<Array4<A>> {
-    pool::avg_pool2d_forward(x, spec, count_include_pad)
-}
-
-/// Average-pool backward: each dy spread evenly (by the forward's divisor) over its window.
-pub fn avg_pool2d_backward<A: Element>(
-    dy: ArrayView4<A>,
-    input_hw: [usize; 2],
-    spec: &Pool2dSpec,
-    count_include_pad: bool,
-) -> Result<Array4<A>> {
-    pool::avg_pool2d_backward(dy, input_hw, spec, count_include_pad)
 }

@@ -6,19 +6,18 @@ use std::ops::Range;
 use ndarray::{Array4, ArrayView4};
 
 use super::{Element, dims4};
-use crate::error::{Result, invalid, mismatch};
+use crate::error::{Result, invalid};
 use crate::spec::{Pool2dGeometry, Pool2dSpec};
 // Shape math, defined in `spec`; also reachable here, where the GPU driver calls it.
-pub(crate) use crate::spec::check_plane_indexable;
 
-/// Max-pool forward: each window scanned row-major from its first in-bounds element, taking `v`
+/// Max-pool: values and the flat `h * W + w` index of each window's maximum in its input plane.
+/// Each window is scanned row-major from its first in-bounds element, taking `v`
 /// when `v > max || v.is_nan()`.
 pub fn max_pool2d_forward<A: Element>(
     x: ArrayView4<A>,
     spec: &Pool2dSpec,
 ) -> Result<(Array4<A>, Array4<u32>)> {
-    let g = spec.geometry(dims4(&x))?;
-    check_plane_indexable(g.h, g.w)?;
+    let g = spec.max_geometry(dims4(&x))?;
     let [dh, dw] = spec.dilation;
     let mut y = super::zeros4(g.y_shape(), "output")?;
     let mut idx = super::zeros4(g.y_shape(), "indices")?;
@@ -55,15 +54,7 @@ pub fn max_pool2d_backward<A: Element>(
     input_hw: [usize; 2],
     spec: &Pool2dSpec,
 ) -> Result<Array4<A>> {
-    let g = spec.backward_geometry(dims4(&dy), input_hw, false)?;
-    check_plane_indexable(g.h, g.w)?;
-    if indices.shape() != dy.shape() {
-        return Err(mismatch(format!(
-            "indices shape {:?} differs from dy shape {:?}",
-            indices.shape(),
-            dy.shape()
-        )));
-    }
+    let g = spec.max_backward_geometry(dims4(&dy), indices.shape(), input_hw)?;
     let plane = g.h * g.w;
     let mut dx = super::zeros4(g.x_shape(), "dx")?;
     for ((n, c, oh, ow), &i) in indices.indexed_iter() {
@@ -101,7 +92,7 @@ fn for_each_avg_window<A: Element>(
     }
 }
 
-/// Average-pool forward: the window's sum (zero padding) over PyTorch's divisor.
+/// Average pool with zero padding: the window's sum over PyTorch's divisor.
 pub fn avg_pool2d_forward<A: Element>(
     x: ArrayView4<A>,
     spec: &Pool2dSpec,

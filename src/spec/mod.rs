@@ -15,7 +15,6 @@ mod pool;
 pub use conv::{Conv2dGeometry, Conv2dSpec};
 pub use nn::SgdOptions;
 pub(crate) use nn::check_sgd_shapes;
-pub(crate) use pool::check_plane_indexable;
 pub use pool::{Pool2dGeometry, Pool2dSpec};
 
 use crate::error::{Error, Result};

@@ -156,6 +156,31 @@ impl Pool2dSpec {
         }
         Ok(g)
     }
+
+    /// Geometry of a max-pool forward, whose flat `h * W + w` indices must fit `u32`.
+    pub fn max_geometry(&self, x: [usize; 4]) -> Result<Pool2dGeometry> {
+        let g = self.geometry(x)?;
+        check_plane_indexable(g.h, g.w)?;
+        Ok(g)
+    }
+
+    /// Geometry of a max-pool backward from dy `[N, C, OH, OW]`, its indices' shape (dy's) and
+    /// the forward's input size.
+    pub fn max_backward_geometry(
+        &self,
+        dy: [usize; 4],
+        indices: &[usize],
+        input_hw: [usize; 2],
+    ) -> Result<Pool2dGeometry> {
+        let g = self.backward_geometry(dy, input_hw, false)?;
+        check_plane_indexable(g.h, g.w)?;
+        if indices != dy {
+            return Err(mismatch(format!(
+                "indices shape {indices:?} differs from dy shape {dy:?}"
+            )));
+        }
+        Ok(g)
+    }
 }
 
 /// PyTorch's `pooling_output_shape`: floor or ceil, and in ceil mode a last window that would
