@@ -211,6 +211,30 @@ fn no_check_marks_results_skipped() {
     let _ = std::fs::remove_file(json);
 }
 
+/// Sizes past any memory and filters that match nothing: exit 2 with a message naming the value,
+/// before any input is generated (was: a panic in ndarray, exit 101; an abort, exit 134; exit 0
+/// with "0 results").
+#[test]
+fn impossible_sizes_and_empty_filters_exit_2_naming_them() {
+    for (args, named) in [
+        (
+            &["--batch", "18446744073709551615"][..],
+            "18446744073709551615",
+        ),
+        (&["--batch", "1000000000000"][..], "1000000000000"),
+        (&["--layers", "matches_nothing"][..], "matches_nothing"),
+    ] {
+        for device in ["cpu", "gpu"] {
+            let mut all = vec!["--device", device, "--no-check", "--chain", "0"];
+            all.extend_from_slice(args);
+            let out = bench(&all);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{all:?}: {err}");
+            assert!(err.contains(named), "{all:?}: {err}");
+        }
+    }
+}
+
 #[test]
 fn bad_arguments_fail() {
     for args in [

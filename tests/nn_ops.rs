@@ -576,3 +576,30 @@ fn conv_layer_used_twice_accumulates_its_gradients() {
         "dW of a fresh step",
     );
 }
+
+/// Layer sizes past any device or host memory: `Err` naming the size, before anything is
+/// allocated (was: a panic "capacity overflow", or an allocation abort).
+#[test]
+fn impossible_layer_sizes_are_errors() {
+    use wgconv::nn::{Conv2d, Linear, Rng as NnRng};
+    let gpu = gpu();
+    let mut rng = NnRng::new(1);
+    let e = Linear::new(gpu, usize::MAX, 3, true, &mut rng)
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("18446744073709551615"), "{e}");
+    let e = Linear::new(gpu, 1 << 31, 1 << 31, true, &mut rng)
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("2147483648"), "{e}");
+    let spec = wgconv::Conv2dSpec::default();
+    let e = Conv2d::new(gpu, 1, 1 << 31, [1 << 31, 1], spec, true, &mut rng)
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("2147483648"), "{e}");
+    // Past max_buffer_size but representable: refused by the device's limit, not allocated.
+    let e = Linear::new(gpu, 1 << 20, 1 << 20, false, &mut rng)
+        .err()
+        .unwrap();
+    assert!(matches!(e, Error::DeviceLimit(_)), "{e}");
+}

@@ -181,6 +181,12 @@ impl Gpu {
         Ok((len, bytes))
     }
 
+    /// The element count of a tensor of `shape` on this device: `Err` naming `what` when it
+    /// overflows or passes `max_buffer_size`, before anything is allocated.
+    pub fn tensor_len(&self, shape: &[usize], what: &str) -> Result<usize> {
+        Ok(self.device_bytes(shape, what)?.0)
+    }
+
     /// A tensor of `shape` whose contents are undefined until a kernel writes them.
     pub(crate) fn alloc(&self, shape: &[usize], what: &str) -> Result<Raw> {
         let (len, bytes) = self.device_bytes(shape, what)?;

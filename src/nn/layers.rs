@@ -4,6 +4,7 @@ use ndarray::{Array1, Array2, Array4};
 
 use super::{Layer, Param, Rng, init_bound, uniform_values};
 use crate::error::{Result, invalid, mismatch};
+use crate::spec::numel;
 use crate::{Conv2dSpec, Gpu, IndexTensor, Pool2dSpec, Tensor};
 
 fn no_forward(layer: &str) -> crate::Error {
@@ -68,6 +69,9 @@ fn uniform_bias(
     len: usize,
     bound: f64,
 ) -> Result<Option<Tensor>> {
+    if bias {
+        gpu.tensor_len(&[len], "bias")?;
+    }
     bias.then(|| gpu.upload(&Array1::from(uniform_values(rng, len, bound))))
         .transpose()
 }
@@ -109,13 +113,12 @@ impl Conv2d {
             )));
         }
         let cg = in_channels / spec.groups;
-        let shape = (out_channels, cg, kernel[0], kernel[1]);
-        let bound = init_bound(cg * kernel[0] * kernel[1]);
-        let w = Array4::from_shape_vec(
-            shape,
-            uniform_values(rng, out_channels * cg * kernel[0] * kernel[1], bound),
-        )
-        .map_err(|e| mismatch(e.to_string()))?;
+        let shape = [out_channels, cg, kernel[0], kernel[1]];
+        // Sizes checked before anything is allocated, host or GPU.
+        let len = gpu.tensor_len(&shape, "Conv2d weight")?;
+        let bound = init_bound(numel(&[cg, kernel[0], kernel[1]], "Conv2d fan-in")?);
+        let w = Array4::from_shape_vec(shape, uniform_values(rng, len, bound))
+            .map_err(|e| mismatch(e.to_string()))?;
         let b = uniform_bias(gpu, rng, bias, out_channels, bound)?;
         Self::from_parameters(gpu.upload(&w)?, b, spec)
     }
@@ -197,12 +200,12 @@ impl Linear {
         bias: bool,
         rng: &mut Rng,
     ) -> Result<Self> {
+        // Sizes checked before anything is allocated, host or GPU.
+        let len = gpu.tensor_len(&[out_features, in_features], "Linear weight")?;
         let bound = init_bound(in_features);
-        let w = Array2::from_shape_vec(
-            (out_features, in_features),
-            uniform_values(rng, out_features * in_features, bound),
-        )
-        .map_err(|e| mismatch(e.to_string()))?;
+        let w =
+            Array2::from_shape_vec((out_features, in_features), uniform_values(rng, len, bound))
+                .map_err(|e| mismatch(e.to_string()))?;
         let b = uniform_bias(gpu, rng, bias, out_features, bound)?;
         Self::from_parameters(gpu.upload(&w)?, b)
     }

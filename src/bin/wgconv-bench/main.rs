@@ -117,6 +117,28 @@ fn run(cli: &Cli) -> wgconv::Result<ExitCode> {
     let mut layers = suite::layers(cli.suite, cli.batch.map(|b| b as usize));
     if let Some(f) = &cli.layers {
         layers.retain(|l| l.name.contains(f.as_str()));
+        if layers.is_empty() {
+            return Err(Error::InvalidArgument(format!(
+                "--layers {f:?} matches no layer of the {} suite (--list shows them)",
+                cli.suite.name()
+            )));
+        }
+    }
+    // Every layer's sizes through checked shape math, and within a host-memory budget, before
+    // any input is generated.
+    let budget = host_budget();
+    for l in &layers {
+        let bytes = l.kind.host_bytes().map_err(|e| {
+            Error::InvalidArgument(format!("layer {} at batch {}: {e}", l.name, l.kind.x()[0]))
+        })?;
+        if bytes > budget {
+            return Err(Error::InvalidArgument(format!(
+                "layer {} at batch {} needs {bytes} bytes of host memory for its inputs and \
+                 outputs, more than the budget of {budget} bytes (half the available memory)",
+                l.name,
+                l.kind.x()[0]
+            )));
+        }
     }
     if cli.list {
         for l in &layers {
@@ -281,6 +303,19 @@ fn run_suite<E: Engine>(
     }
     pb.finish_and_clear();
     Ok(results)
+}
+
+/// Host memory the generated inputs and outputs of one layer may take: half of what the system
+/// has available (`MemAvailable`), or 8 GiB where that cannot be read.
+fn host_budget() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemAvailable:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map_or(8 << 30, |kib| kib * 1024 / 2)
 }
 
 /// The CPU "adapter": the processor's model name and the thread count.

@@ -59,6 +59,34 @@ impl LayerKind {
         }
     }
 
+    /// Host bytes of the layer's f32 inputs and outputs (x, weight, y, dy; indices for
+    /// max-pool), from checked shape math: `Err` naming the shape when a size overflows.
+    pub fn host_bytes(&self) -> wgconv::Result<u64> {
+        use wgconv::spec::numel;
+        let count = |shape: &[usize]| numel(shape, "benchmark tensor").map(|n| n as u64);
+        let total: u64 = match *self {
+            LayerKind::Conv { x, k, kernel, spec } => {
+                let w = [k, x[1] / spec.groups.max(1), kernel[0], kernel[1]];
+                let y = spec.forward_geometry(x, w)?.y_shape();
+                count(&x)? + count(&w)? + 2 * count(&y)?
+            }
+            LayerKind::MaxPool { x, spec } => {
+                let y = spec.geometry(x)?.y_shape();
+                count(&x)? + 3 * count(&y)?
+            }
+            LayerKind::AvgPool { x, spec, .. } => {
+                let y = spec.avg_geometry(x)?.y_shape();
+                count(&x)? + 2 * count(&y)?
+            }
+        };
+        total.checked_mul(4).ok_or_else(|| {
+            wgconv::Error::Overflow(format!(
+                "layer with input {:?}: byte count overflows",
+                self.x()
+            ))
+        })
+    }
+
     /// The ops the benchmark times for this layer, in order.
     pub fn ops(&self) -> &'static [Op] {
         match self {
