@@ -97,3 +97,41 @@ proptest! {
         }
     }
 }
+
+/// The one index rule of max-pool backward: indices outside their window (in the plane or not,
+/// `u32::MAX` too) contribute nothing, on the GPU, in the reference and in checked mode alike;
+/// an index between dilated taps, inside the span, counts in both.
+#[test]
+fn max_pool_backward_index_rule_is_the_same_everywhere() {
+    use ndarray::Array4;
+    use wgconv::{Gpu, Pool2dSpec, reference};
+    let spec = Pool2dSpec::new([3, 3])
+        .with_stride([2, 2])
+        .with_dilation([2, 1]);
+    let g = spec.geometry([1, 2, 9, 8]).unwrap();
+    let shape = g.y_shape();
+    let mut rng = Rng::new(31);
+    let dy = rng.array4_f32(shape);
+    let (oh, ow) = (g.oh, g.ow);
+    let idx = Array4::from_shape_fn(shape, |(_, c, o, p)| match (c + o + p) % 5 {
+        0 => u32::MAX,                         // outside the plane
+        1 => 72,                               // outside the plane (9 x 8 = 72)
+        2 => 0,                                // in the plane, outside most windows
+        3 => ((2 * o + 1) * 8 + 2 * p) as u32, // between dilated taps: inside the span
+        _ => ((2 * o) * 8 + 2 * p) as u32,     // the window's first tap
+    });
+    let want = reference::max_pool2d_backward(dy.mapv(f64::from).view(), idx.view(), [9, 8], &spec)
+        .unwrap();
+    for checked in [false, true] {
+        let gpu = fresh(Gpu::builder().checked(checked));
+        let gdy = gpu.upload(&dy).unwrap();
+        let gi = gpu.upload_indices(&idx).unwrap();
+        let dx = gpu.max_pool2d_backward(&gdy, &gi, [9, 8], &spec).unwrap();
+        close(&dl(&gpu, &dx), &want, "GPU against the reference");
+    }
+    // Some indices counted, and the between-taps ones among them.
+    assert_eq!((oh, ow), (3, 3));
+    assert!(want.iter().any(|&v| v != 0.0));
+    // Window (1, 2) of channel 0 names row 3 (between its taps at rows 2 and 4), column 4.
+    assert!(want[[0, 0, 3, 4]] != 0.0);
+}

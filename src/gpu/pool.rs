@@ -208,9 +208,10 @@ impl Gpu {
     }
 
     /// Max-pool backward on the GPU: each input element gathers dy from the windows that can
-    /// contain it and whose index names it (no atomics). Indices must come from
-    /// [`Gpu::max_pool2d_forward`] with the same spec: an index outside its window is ignored
-    /// here (as in PyTorch's CUDA kernel), while the reference scatters to it.
+    /// contain it and whose index names it (no atomics). The index rule is the reference's (and
+    /// PyTorch's CUDA kernel's): an index counts only inside its window's span; one outside its
+    /// window or outside the plane contributes nothing. Indices from
+    /// [`Gpu::max_pool2d_forward`] with the same spec always count.
     pub fn max_pool2d_backward(
         &self,
         dy: &Tensor,

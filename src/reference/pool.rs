@@ -6,7 +6,7 @@ use std::ops::Range;
 use ndarray::{Array4, ArrayView4};
 
 use super::{Element, dims4};
-use crate::error::{Result, invalid};
+use crate::error::Result;
 use crate::spec::{Pool2dGeometry, Pool2dSpec};
 // Shape math, defined in `spec`; also reachable here, where the GPU driver calls it.
 
@@ -47,7 +47,11 @@ pub fn max_pool2d_forward<A: Element>(
     Ok((y, idx))
 }
 
-/// Max-pool backward: `dx[index] += dy` for every output position, in output order.
+/// Max-pool backward: `dx[index] += dy` for every output position, in output order. The one
+/// index rule (the GPU's, PyTorch's CUDA kernel's): an index counts only where it lies in its
+/// window's span (between the window's first and last tap, in the input plane); any other index,
+/// outside the window or outside the plane (`u32::MAX` included), contributes nothing. Indices
+/// from [`max_pool2d_forward`] with the same spec always count.
 pub fn max_pool2d_backward<A: Element>(
     dy: ArrayView4<A>,
     indices: ArrayView4<u32>,
@@ -59,13 +63,12 @@ pub fn max_pool2d_backward<A: Element>(
     let mut dx = super::zeros4(g.x_shape(), "dx")?;
     for ((n, c, oh, ow), &i) in indices.indexed_iter() {
         let i = i as usize;
-        if i >= plane {
-            return Err(invalid(format!(
-                "index {i} at [{n}, {c}, {oh}, {ow}] is outside the {} x {} input plane",
-                g.h, g.w
-            )));
+        let (row, col) = (i / g.w.max(1), i % g.w.max(1));
+        let (r0, r1) = g.max_span(0, oh);
+        let (c0, c1) = g.max_span(1, ow);
+        if i < plane && (r0..r1).contains(&row) && (c0..c1).contains(&col) {
+            dx[[n, c, row, col]] += dy[[n, c, oh, ow]];
         }
-        dx[[n, c, i / g.w, i % g.w]] += dy[[n, c, oh, ow]];
     }
     Ok(dx)
 }

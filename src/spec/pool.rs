@@ -281,6 +281,18 @@ impl Pool2dGeometry {
         (first.min(usize::MAX as i128) as usize, end)
     }
 
+    /// The span of max-pool window `o` along `axis`, from its first to its last tap (the
+    /// positions between dilated taps included), clipped to the input: `[start, end)`. An index
+    /// of max-pool backward counts only inside its window's span (see
+    /// [`reference::max_pool2d_backward`](crate::reference::max_pool2d_backward)).
+    pub fn max_span(&self, axis: usize, o: usize) -> (usize, usize) {
+        let (input, k, s, p, d) = self.axis_params(axis);
+        let start = window_start(o, s, p);
+        let last = start.saturating_add((k as i128 - 1).saturating_mul(d as i128));
+        let clip = |v: i128| v.clamp(0, input as i128) as usize;
+        (clip(start), clip(last.saturating_add(1)))
+    }
+
     /// Window `o` of an average pool along `axis`: `(start, end, span)`, where `[start, end)` is
     /// the window clipped to the input and `span` the window's length clipped to the padded input
     /// (PyTorch's divisor when `count_include_pad`).
