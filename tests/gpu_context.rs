@@ -31,18 +31,19 @@ fn checked_mode_passes_good_results_and_catches_bad_ones() {
         &rng.array4_f32([1, 2, 6, 6]),
         &Pool2dSpec::new([2, 2]),
     );
-    // Indices that name an element outside their window: the reference scatters to it, the GPU
-    // gather (like PyTorch's CUDA kernel) ignores it; checked mode reports the difference.
+    // A wrong result is caught: a batch encoded into the caller's encoder, whose own pass then
+    // clears the result before it is submitted; the check at the next synchronize fails.
+    let x = checked.upload(&Array4::<f32>::ones((1, 1, 4, 4))).unwrap();
     let pool = Pool2dSpec::new([2, 2]);
-    let dy = checked.upload(&Array4::<f32>::ones((1, 1, 2, 2))).unwrap();
-    let idx = checked
-        .upload_indices(&Array4::<u32>::from_elem((1, 1, 2, 2), 15))
-        .unwrap();
-    let e = checked
-        .max_pool2d_backward(&dy, &idx, [4, 4], &pool)
-        .unwrap_err();
+    let mut encoder = checked.device().create_command_encoder(&Default::default());
+    let mut rec = checked.recorder();
+    let y = rec.avg_pool2d_forward(&x, &pool, true).unwrap();
+    rec.encode(&mut encoder).unwrap();
+    encoder.clear_buffer(y.buffer().unwrap(), y.offset(), Some(4 * y.len() as u64));
+    checked.queue().submit([encoder.finish()]);
+    let e = checked.synchronize().unwrap_err();
     assert!(
-        matches!(&e, Error::CheckFailed { op, .. } if op == "max_pool2d_backward"),
+        matches!(&e, Error::CheckFailed { op, .. } if op == "avg_pool2d_forward"),
         "{e}"
     );
 }

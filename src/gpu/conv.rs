@@ -21,13 +21,13 @@ impl Gpu {
     /// Output tensor for an op, poisoned in checked mode.
     pub(crate) fn new_output(&self, shape: &[usize], what: &str) -> Result<Tensor> {
         let raw = self.alloc(shape, what)?;
-        self.poison(&raw, f32::NAN.to_bits());
+        self.poison(&raw, f32::NAN.to_bits())?;
         Ok(Tensor { raw })
     }
 
     pub(crate) fn output_indices(&self, shape: &[usize], what: &str) -> Result<IndexTensor> {
         let raw = self.alloc(shape, what)?;
-        self.poison(&raw, u32::MAX);
+        self.poison(&raw, u32::MAX)?;
         Ok(IndexTensor { raw })
     }
 

@@ -240,12 +240,15 @@ impl Gpu {
     }
 
     /// Fills `raw` with `bits` (NaN for f32 outputs) so an element no kernel writes is caught.
-    pub(crate) fn poison(&self, raw: &tensor::Raw, bits: u32) {
+    pub(crate) fn poison(&self, raw: &tensor::Raw, bits: u32) -> Result<()> {
         if self.poison && raw.len > 0 {
             let fill = vec![bits; raw.len];
-            self.queue
-                .write_buffer(raw.buffer(), raw.offset, bytemuck::cast_slice(&fill));
+            self.scoped("poisoning an output", || {
+                self.queue
+                    .write_buffer(raw.buffer(), raw.offset, bytemuck::cast_slice(&fill))
+            })?;
         }
+        Ok(())
     }
 }
 

@@ -92,7 +92,7 @@ impl Gpu {
             }
         }
         if !accumulate {
-            self.poison(&t.raw, f32::NAN.to_bits());
+            self.poison(&t.raw, f32::NAN.to_bits())?;
         }
         Ok(t.raw.clone())
     }

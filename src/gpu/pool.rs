@@ -44,7 +44,7 @@ impl Gpu {
         // The same checks as a value output's, on a stand-in tensor of the caller's raw.
         let mut stand_in = Tensor { raw: t.raw.clone() };
         let raw = self.target(sink, OP, &Out::Into(&mut stand_in), shape, inputs)?;
-        self.poison(&raw, u32::MAX);
+        self.poison(&raw, u32::MAX)?;
         Ok(raw)
     }
 

@@ -140,9 +140,11 @@ impl Gpu {
         bytes: u64,
     ) -> Result<Vec<u8>> {
         let (tx, rx) = std::sync::mpsc::channel();
-        staging.map_async(wgpu::MapMode::Read, ..bytes, move |r| {
-            let _ = tx.send(r);
-        });
+        self.scoped("download", || {
+            staging.map_async(wgpu::MapMode::Read, ..bytes, move |r| {
+                let _ = tx.send(r);
+            })
+        })?;
         self.wait_for(Some(index))?;
         let mapped = match rx.try_recv() {
             Ok(r) => r,
@@ -160,7 +162,7 @@ impl Gpu {
                 .map_err(|e| Error::Readback(format!("reading the staging buffer: {e}")))?;
             view.to_vec()
         };
-        staging.unmap();
+        self.scoped("download", || staging.unmap())?;
         Ok(out)
     }
 

@@ -187,8 +187,10 @@ impl Gpu {
 }
 
 impl Recorder<'_> {
-    /// Submits the batch: one queue submission, whatever the number of ops. The results may then be downloaded or used by any op. In checked mode, waits for
-    /// the batch and checks every op against the reference.
+    /// Submits the batch: one queue submission, whatever the number of ops, and a check (no
+    /// wait) that the device accepted it (`Err(DeviceLost)` if not). The results may then be
+    /// downloaded or used by any op. In checked mode, waits for the batch and checks every op
+    /// against the reference.
     pub fn submit(mut self) -> Result<wgpu::SubmissionIndex> {
         let gpu = self.gpu;
         gpu.check_lost()?;
@@ -209,6 +211,8 @@ impl Recorder<'_> {
         gpu.queue.on_submitted_work_done(move || drop(kept));
         scope.finish(gpu, "Recorder::submit")?;
         encoded?;
+        // A lost device drops the submission silently: say so now rather than at a download.
+        gpu.check_submitted(index.clone())?;
         if !self.rec.checks.is_empty() {
             gpu.wait_for(Some(index.clone()))?;
             for check in std::mem::take(&mut self.rec.checks) {

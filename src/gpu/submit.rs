@@ -126,6 +126,9 @@ impl Gpu {
     pub fn synchronize(&self) -> Result<()> {
         self.check_alive()?;
         self.wait_for(None)?;
+        // A lost device rejects even an empty submission; on the caller's device (no lost
+        // callback of ours) that is how a loss is found.
+        self.check_submitted(self.submit([]))?;
         self.check_alive()?;
         self.run_encoded_checks()
     }
@@ -196,6 +199,16 @@ impl Gpu {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .note_error();
+    }
+
+    /// Runs `f` inside error scopes of its own: a wgpu error it raises is `Err`. On the
+    /// caller's device, where wgconv installs no handler, such an error would otherwise reach
+    /// wgpu's default handler, which panics.
+    pub(crate) fn scoped<T>(&self, what: &str, f: impl FnOnce() -> T) -> Result<T> {
+        let scope = self.scope();
+        let out = f();
+        scope.finish(self, what)?;
+        Ok(out)
     }
 
     pub(crate) fn scope(&self) -> Scope {

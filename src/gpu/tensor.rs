@@ -195,7 +195,8 @@ impl Gpu {
             self.check_lost()?;
             None
         } else {
-            let b = self.take_buffer(super::buffers::BufferKind::Storage, bytes);
+            let kind = super::buffers::BufferKind::Storage;
+            let b = self.scoped(what, || self.take_buffer(kind, bytes))?;
             Some(Arc::new(Storage::Pooled(b)))
         };
         Ok(Raw {

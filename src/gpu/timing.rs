@@ -39,11 +39,13 @@ impl Gpu {
         if !self.has_timestamps() {
             return Ok((f()?, None));
         }
-        let query = self.device.create_query_set(&wgpu::QuerySetDescriptor {
-            label: Some("wgconv timestamps"),
-            ty: wgpu::QueryType::Timestamp,
-            count: 2 * PROFILE_PASSES,
-        });
+        let query = self.scoped("time_gpu", || {
+            self.device.create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some("wgconv timestamps"),
+                ty: wgpu::QueryType::Timestamp,
+                count: 2 * PROFILE_PASSES,
+            })
+        })?;
         *self.profiler.lock().unwrap_or_else(|e| e.into_inner()) = Some(Profiler {
             query,
             capacity: PROFILE_PASSES,
