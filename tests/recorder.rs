@@ -391,3 +391,26 @@ fn checked_mode_checks_accumulations() {
     rec.conv2d_backward_bias(&gdy).unwrap();
     rec.submit().unwrap();
 }
+
+/// The contract: a recorder can move to another thread.
+#[test]
+fn recorder_is_send() {
+    fn send<T: Send>() {}
+    send::<wgconv::Recorder<'static>>();
+    let gpu = fresh(Gpu::builder());
+    let x = gpu.upload(&Array4::<f32>::ones((1, 1, 4, 4))).unwrap();
+    std::thread::scope(|s| {
+        let mut rec = gpu.recorder();
+        let y = s
+            .spawn(move || {
+                let y = rec
+                    .avg_pool2d_forward(&x, &Pool2dSpec::new([2, 2]), true)
+                    .unwrap();
+                rec.submit().unwrap();
+                y
+            })
+            .join()
+            .unwrap();
+        assert!(gpu.download(&y).unwrap().iter().all(|&v| v == 1.0));
+    });
+}

@@ -249,14 +249,15 @@ impl Recorder<'_> {
         Ok(())
     }
 
-    /// Ops recorded so far.
+    /// Ops recorded so far (each op's dispatches are one compute pass).
     pub fn len(&self) -> usize {
-        self.rec.pieces.len()
+        let pass = |p: &&Piece| matches!(p, Piece::Pass { .. });
+        self.rec.pieces.iter().filter(pass).count()
     }
 
-    /// Whether nothing has been recorded.
+    /// Whether no op has been recorded.
     pub fn is_empty(&self) -> bool {
-        self.rec.pieces.is_empty()
+        self.len() == 0
     }
 }
 

@@ -225,7 +225,7 @@ impl Gpu {
                 buffer.usage()
             )));
         }
-        let end = (len as u64)
+        (len as u64)
             .checked_mul(4)
             .and_then(|b| b.checked_add(offset))
             .filter(|&end| end <= buffer.size())
@@ -236,7 +236,6 @@ impl Gpu {
                     buffer.size()
                 ))
             })?;
-        let _ = end;
         self.check_lost()?;
         Ok(Raw {
             buf: (len > 0).then(|| Arc::new(Storage::View(buffer))),
