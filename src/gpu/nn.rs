@@ -10,9 +10,8 @@ use super::kernels::{EltParams, Kernel, MatmulParams, RowsParams, SgdParams};
 use super::tensor::Raw;
 use super::{Bind, Dispatch, Gpu, IndexTensor, Tensor};
 use crate::error::{Error, Result, mismatch};
-use crate::nn::SgdOptions;
 use crate::reference::nn as reference;
-use crate::spec::numel;
+use crate::spec::{SgdOptions, check_sgd_shapes, numel};
 
 /// Which stored operand layouts a GEMM reads (see `shaders/matmul.wgsl`).
 struct Gemm<'a> {
@@ -415,22 +414,8 @@ impl Gpu {
     ) -> Result<()> {
         const OP: &str = "sgd_step";
         options.validate()?;
-        if param.shape() != grad.shape() {
-            return Err(mismatch(format!(
-                "sgd_step: grad shape {:?} differs from the parameter's {:?}",
-                grad.shape(),
-                param.shape()
-            )));
-        }
-        if let Some(buf) = momentum_buffer.as_ref()
-            && buf.shape() != param.shape()
-        {
-            return Err(mismatch(format!(
-                "sgd_step: momentum buffer shape {:?} differs from the parameter's {:?}",
-                buf.shape(),
-                param.shape()
-            )));
-        }
+        let buf_shape = momentum_buffer.as_ref().map(|b| b.shape());
+        check_sgd_shapes(param.shape(), grad.shape(), buf_shape)?;
         self.check_owner(&param.raw, OP)?;
         self.check_owner(&grad.raw, OP)?;
         if let Some(buf) = momentum_buffer.as_ref() {
