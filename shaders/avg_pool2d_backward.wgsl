@@ -15,8 +15,8 @@ fn element(idx: u32) {
     }
     let iw = idx % p.w;
     let t = idx / p.w;
-    let ih = t % p.h;
-    let plane = t / p.h;
+    let ih = p.row0 + t % p.rows;
+    let plane = t / p.rows;
     let rh = window_range(ih, p.pad_h, p.kh, p.dil_h, p.stride_h, p.oh);
     let rw = window_range(iw, p.pad_w, p.kw, p.dil_w, p.stride_w, p.ow);
     let base = p.in_off + plane * p.oh * p.ow;

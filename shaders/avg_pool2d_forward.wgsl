@@ -15,8 +15,8 @@ fn element(idx: u32) {
     }
     let ow = idx % p.ow;
     let t = idx / p.ow;
-    let oh = t % p.oh;
-    let plane = t / p.oh;
+    let oh = p.row0 + t % p.rows;
+    let plane = t / p.rows;
     let wh = window(oh, p.stride_h, p.pad_h, p.kh, p.h);
     let ww = window(ow, p.stride_w, p.pad_w, p.kw, p.w);
     let base = p.in_off + plane * p.h * p.w;

@@ -16,8 +16,8 @@ fn element(idx: u32) {
     }
     let iw = idx % p.w;
     let t = idx / p.w;
-    let ih = t % p.h;
-    let plane = t / p.h;
+    let ih = p.row0 + t % p.rows;
+    let plane = t / p.rows;
     let me = ih * p.w + iw;
 
     let rh = window_range(ih, p.pad_h, p.kh, p.dil_h, p.stride_h, p.oh);

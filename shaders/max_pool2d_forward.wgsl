@@ -32,8 +32,8 @@ fn element(idx: u32) {
     }
     let ow = idx % p.ow;
     let t = idx / p.ow;
-    let oh = t % p.oh;
-    let plane = t / p.oh;
+    let oh = p.row0 + t % p.rows;
+    let plane = t / p.rows;
 
     let hs = i32(oh * p.stride_h) - i32(p.pad_h);
     let ws = i32(ow * p.stride_w) - i32(p.pad_w);

@@ -78,10 +78,13 @@ params_struct! {
 }
 
 params_struct! {
-    /// Parameters of the pool kernels (`*_pool2d_*.wgsl`).
+    /// Parameters of the pool kernels (`*_pool2d_*.wgsl`). A dispatch covers `planes` planes of
+    /// `rows` rows of its result from row `row0` (all rows from 0, or a row range of one plane
+    /// larger than a binding; the input offsets are then relative to the plane's row 0, wrapping
+    /// in u32 arithmetic).
     PoolParams {
         planes, h, w, oh, ow, kh, kw, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
-        count_include_pad, in_off, idx_off, out_off, total, _pad0, _pad1,
+        count_include_pad, in_off, idx_off, out_off, total, row0, rows,
     }
 }
 

@@ -94,14 +94,15 @@ fn pool_params(g: &Pool2dGeometry, count_include_pad: bool) -> Result<PoolParams
 }
 
 /// The dispatches of a pool op on a geometry whose result is not empty (`count_include_pad`
-/// matters to avg-pool only).
+/// matters to avg-pool only): chunks of whole planes, or, for planes larger than a binding,
+/// ranges of rows of one plane at a time (with the rows of the other tensor its windows reach).
 pub fn pool(
     p: &DeviceProfile,
     kind: PoolKind,
     g: &Pool2dGeometry,
     count_include_pad: bool,
 ) -> Result<Vec<Step>> {
-    let base = pool_params(g, count_include_pad)?;
+    let mut base = pool_params(g, count_include_pad)?;
     let planes = g.n * g.c;
     let (kernel, tensors) = kind.layout();
     let (in_unit, out_unit) = (g.h * g.w, g.oh * g.ow);
@@ -111,10 +112,16 @@ pub fn pool(
     if planes == 0 || items_unit == 0 {
         return Ok(Vec::new());
     }
+    // Every row of the result from row 0, unless a plane is split.
+    base.rows = to_u32(if kind.is_forward() { g.oh } else { g.h }, "result rows")?;
     let units: Vec<(usize, &str)> = tensors
         .iter()
         .map(|&(_, what, o)| (unit(o), what))
         .collect();
+    let max_elems = ((p.max_binding - p.align) / 4) as usize;
+    if units.iter().any(|&(u, _)| u > max_elems) {
+        return plane_rows(p, kind, g, base, max_elems);
+    }
     let mut steps = Vec::new();
     for (p0, p1) in p.chunks(planes, &units)? {
         let mut params = base;
@@ -124,14 +131,114 @@ pub fn pool(
         for &(role, _, per_output) in tensors {
             let u = unit(per_output);
             let (slot, off) = p.window(role, p0 * u, p1 * u);
-            match role {
-                Role::X | Role::Dy => params.in_off = off,
-                Role::Indices => params.idx_off = off,
-                _ => params.out_off = off,
-            }
+            set_offset(&mut params, role, off);
             binds.push(slot);
         }
         steps.push(Step::new(kernel, &params, binds, params.total as usize));
+    }
+    Ok(steps)
+}
+
+fn set_offset(params: &mut PoolParams, role: Role, off: u32) {
+    match role {
+        Role::X | Role::Dy => params.in_off = off,
+        Role::Indices => params.idx_off = off,
+        _ => params.out_off = off,
+    }
+}
+
+/// Planes larger than a binding: for each plane, ranges of the result's rows, each dispatch
+/// binding those rows and the rows of the other tensors its windows reach. The kernels compute in
+/// the plane's coordinates, as unsplit (the same bits); an input binding that starts at row `a`
+/// gets the offset `off - a * width`, which the kernel's u32 arithmetic wraps back.
+fn plane_rows(
+    p: &DeviceProfile,
+    kind: PoolKind,
+    g: &Pool2dGeometry,
+    base: PoolParams,
+    max_elems: usize,
+) -> Result<Vec<Step>> {
+    let s = &g.spec;
+    let (k, st, pad, d) = (s.kernel[0], s.stride[0], s.padding[0], s.dilation[0]);
+    let reach = (k - 1) * d;
+    let (kernel, tensors) = kind.layout();
+    let forward = kind.is_forward();
+    // The result's rows, their width, and the rows of the other tensors' (the "source") width.
+    let (rows, width, src_width) = if forward {
+        (g.oh, g.ow, g.w)
+    } else {
+        (g.h, g.w, g.ow)
+    };
+    // Source rows a range of result rows [r0, r1) reaches.
+    let source = |r0: usize, r1: usize| -> (usize, usize) {
+        if forward {
+            let a = (r0 * st).saturating_sub(pad);
+            let b = ((r1 - 1) * st + reach + 1).saturating_sub(pad).min(g.h);
+            (a.min(b), b)
+        } else {
+            let lo = (r0 + pad).saturating_sub(reach).div_ceil(st).min(g.oh);
+            let hi = ((r1 - 1 + pad) / st + 1).min(g.oh);
+            (lo.min(hi), hi)
+        }
+    };
+    let fits = |r0: usize, r1: usize| {
+        let (a, b) = source(r0, r1);
+        (r1 - r0) * width <= max_elems && (b - a) * src_width <= max_elems
+    };
+    // The most rows per range that fit (a range of one row must).
+    let mut per = (max_elems / width.max(1)).max(1);
+    while per > 1
+        && !(0..rows)
+            .step_by(per)
+            .all(|r0| fits(r0, (r0 + per).min(rows)))
+    {
+        per = per.div_ceil(2).max(1).min(per - 1);
+    }
+    if !(0..rows).all(|r| fits(r, r + 1)) {
+        return Err(crate::Error::DeviceLimit(format!(
+            "one row of a {:?} pool of a {} x {} plane, with the rows its windows reach, is \
+             more than the largest storage binding of {} bytes",
+            kind, g.h, g.w, p.max_binding
+        )));
+    }
+    let planes = g.n * g.c;
+    let mut steps = Vec::new();
+    for plane in 0..planes {
+        for r0 in (0..rows).step_by(per) {
+            let r1 = (r0 + per).min(rows);
+            let (a, b) = source(r0, r1);
+            let mut params = base;
+            params.planes = 1;
+            params.row0 = to_u32(r0, "first row")?;
+            params.rows = to_u32(r1 - r0, "rows")?;
+            params.total = to_u32((r1 - r0) * width, "outputs per chunk")?;
+            let mut binds = Vec::new();
+            for &(role, _, per_output) in tensors {
+                let result = per_output == forward;
+                let (w, plane_elems, first, last) = if result {
+                    (width, rows * width, r0, r1)
+                } else {
+                    (
+                        src_width,
+                        if forward { g.h } else { g.oh } * src_width,
+                        a,
+                        b,
+                    )
+                };
+                let start = plane * plane_elems + first * w;
+                let (slot, off) = p.window(role, start, plane * plane_elems + last * w);
+                // Results count from row r0 (the kernel's local id); sources from the plane's
+                // row 0 (the kernel's plane coordinates), wrapping.
+                let off = if result {
+                    off
+                } else {
+                    off.wrapping_sub((first * w) as u32)
+                };
+                set_offset(&mut params, role, off);
+                binds.push(slot);
+            }
+            steps.push(Step::new(kernel, &params, binds, params.total as usize));
+        }
     }
     Ok(steps)
 }
