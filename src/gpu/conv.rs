@@ -12,6 +12,15 @@ use super::{Gpu, IndexTensor, Tensor};
 use crate::error::{Result, mismatch};
 use crate::spec::Conv2dSpec;
 
+/// One sample of a conv's input and output: when either is larger than a binding, the op runs
+/// by row bands (`gpu/bands.rs`).
+fn conv_units(g: &crate::spec::Conv2dGeometry) -> [(usize, &'static str); 2] {
+    [
+        (g.c * g.h * g.w, "input sample"),
+        (g.k * g.oh * g.ow, "output sample"),
+    ]
+}
+
 /// The new tensor of an op called with [`Out::New`].
 pub(crate) fn new(t: Option<Tensor>) -> Result<Tensor> {
     t.ok_or_else(|| mismatch("internal: an op with a new output returned none".to_string()))
@@ -33,7 +42,7 @@ impl Gpu {
 
     /// Runs (or records) a conv plan: its scratch, then its steps with `buffers` (plus the
     /// scratch) bound.
-    fn run_conv(
+    pub(crate) fn run_conv(
         &self,
         sink: &mut Sink<'_>,
         op: &'static str,
@@ -75,7 +84,10 @@ impl Gpu {
         inputs.extend(bias.map(|b| &b.raw));
         self.check_inputs(sink, OP, &inputs)?;
         let y = self.target(sink, OP, &out, &g.y_shape(), &inputs)?;
-        if g.n > 0 {
+        if g.n > 0 && !plan::sample_fits(&self.profile, &conv_units(&g)) {
+            let bias = bias.map(|b| &b.raw);
+            self.conv2d_forward_bands(sink, &g, &x.raw, &w.raw, bias, &y)?;
+        } else if g.n > 0 {
             let plan = plan::conv2d_forward(&self.profile, &g, bias.is_some())?;
             let buffers = Buffers {
                 x: Some(&x.raw),
@@ -111,7 +123,10 @@ impl Gpu {
         self.check_inputs(sink, OP, &inputs)?;
         let dx = self.target(sink, OP, &out, &g.x_shape(), &inputs)?;
         let before = self.before(sink, &out)?;
-        if g.n > 0 {
+        if g.n > 0 && !plan::sample_fits(&self.profile, &conv_units(&g)) {
+            let accumulate = matches!(out, Out::Accumulate(_));
+            self.conv2d_backward_input_bands(sink, &g, &dy.raw, &w.raw, &dx, accumulate)?;
+        } else if g.n > 0 {
             let accumulate = matches!(out, Out::Accumulate(_));
             let plan = plan::conv2d_backward_input(&self.profile, &g, accumulate)?;
             let buffers = Buffers {
@@ -148,14 +163,18 @@ impl Gpu {
         let dw = self.target(sink, OP, &out, &g.w_shape(), &inputs)?;
         let before = self.before(sink, &out)?;
         let accumulate = matches!(out, Out::Accumulate(_));
-        let plan = plan::conv2d_backward_weight(&self.profile, &g, accumulate)?;
-        let buffers = Buffers {
-            x: Some(&x.raw),
-            dy: Some(&dy.raw),
-            out: Some(&dw),
-            ..Default::default()
-        };
-        self.run_conv(sink, OP, &plan, buffers)?;
+        if g.n > 0 && !plan::sample_fits(&self.profile, &conv_units(&g)) {
+            self.conv2d_backward_weight_bands(sink, &g, &x.raw, &dy.raw, &dw, accumulate)?;
+        } else {
+            let plan = plan::conv2d_backward_weight(&self.profile, &g, accumulate)?;
+            let buffers = Buffers {
+                x: Some(&x.raw),
+                dy: Some(&dy.raw),
+                out: Some(&dw),
+                ..Default::default()
+            };
+            self.run_conv(sink, OP, &plan, buffers)?;
+        }
         let call = OpCall::ConvBackwardWeight {
             x: x.raw.clone(),
             dy: dy.raw.clone(),
@@ -176,8 +195,11 @@ impl Gpu {
         self.check_inputs(sink, OP, &[&dy.raw])?;
         let db = self.target(sink, OP, &out, &[shape[1]], &[&dy.raw])?;
         let before = self.before(sink, &out)?;
-        if shape[1] > 0 {
-            let accumulate = matches!(out, Out::Accumulate(_));
+        let accumulate = matches!(out, Out::Accumulate(_));
+        let [n, k, oh, ow] = shape;
+        if n * oh * ow > 0 && !plan::sample_fits(&self.profile, &[(k * oh * ow, "dy sample")]) {
+            self.conv2d_backward_bias_bands(sink, shape, &dy.raw, &db, accumulate)?;
+        } else if shape[1] > 0 {
             let plan = plan::conv2d_backward_bias(&self.profile, shape, accumulate)?;
             let buffers = Buffers {
                 dy: Some(&dy.raw),
@@ -360,6 +382,9 @@ impl Gpu {
         spec: &Conv2dSpec,
     ) -> Result<u64> {
         let g = spec.forward_geometry(x, w)?;
+        if let Some(bytes) = self.band_workspace(op, &g)? {
+            return Ok(bytes);
+        }
         let p = &self.profile;
         let plan = match op {
             _ if g.n == 0 && op != ConvOp::BackwardWeight => return Ok(0),
@@ -370,5 +395,48 @@ impl Gpu {
             ConvOp::BackwardBias => plan::conv2d_backward_bias(p, g.y_shape(), false)?,
         };
         Ok(plan.scratch.map_or(0, |(elems, _)| elems as u64 * 4))
+    }
+
+    /// The workspace of an op whose samples are cut into row bands (`None` when they are not):
+    /// the band tensors and the most scratch one band's plan takes.
+    fn band_workspace(&self, op: ConvOp, g: &crate::spec::Conv2dGeometry) -> Result<Option<u64>> {
+        let p = &self.profile;
+        let dy_units = [(g.k * g.oh * g.ow, "dy sample")];
+        let banded = match op {
+            ConvOp::BackwardBias => !plan::sample_fits(p, &dy_units),
+            _ => !plan::sample_fits(p, &conv_units(g)),
+        };
+        if g.n * g.oh * g.ow == 0 || !banded {
+            return Ok(None);
+        }
+        let scratch = |plan: ConvPlan| plan.scratch.map_or(0, |(elems, _)| elems as u64 * 4);
+        if op == ConvOp::BackwardBias {
+            let ranges = plan::row_ranges(p, [g.k, g.oh, g.ow])?;
+            let most = ranges.iter().map(|&(a, b)| b - a).max().unwrap_or(0);
+            let band = (g.k * most * g.ow) as u64 * 4;
+            let sub = plan::band_profile(p, band);
+            let plan = plan::conv2d_backward_bias(&sub, [1, g.k, most, g.ow], true)?;
+            return Ok(Some(band + scratch(plan)));
+        }
+        let bands = match op {
+            ConvOp::Forward => plan::forward_bands(p, g, false)?,
+            ConvOp::BackwardWeight => plan::forward_bands(p, g, true)?,
+            _ => plan::backward_input_bands(p, g)?,
+        };
+        let [a, b] = plan::band_sizes(&bands);
+        let bytes = (a + b) as u64 * 4;
+        let sub = plan::band_profile(p, bytes);
+        let mut most = 0;
+        for band in &bands {
+            let bg = &band.geometry;
+            let plan = match op {
+                ConvOp::Forward => plan::conv2d_forward(&sub, bg, false)?,
+                ConvOp::BackwardWeight => plan::conv2d_backward_weight(&sub, bg, true)?,
+                ConvOp::BackwardInput => plan::conv2d_backward_input(&sub, bg, false)?,
+                _ => plan::conv2d_backward_input(&sub, bg, true)?,
+            };
+            most = most.max(scratch(plan));
+        }
+        Ok(Some(bytes + most))
     }
 }

@@ -12,6 +12,7 @@
 //! waiting for the GPU; [`Gpu::download`] waits. wgpu errors are captured with error scopes and
 //! returned as [`Error::Wgpu`]; a lost device turns every later call into [`Error::DeviceLost`].
 
+mod bands;
 mod buffers;
 mod builder;
 mod check;

@@ -27,11 +27,19 @@ pub(crate) enum Piece {
         op: &'static str,
         dispatches: Vec<OwnedDispatch>,
     },
-    /// A buffer copy (checked mode keeps a gradient's value before an accumulation).
+    /// A buffer copy (checked mode keeps a gradient's value before an accumulation; the row
+    /// bands of a sample larger than a binding are gathered and scattered).
     Copy {
         src: wgpu::Buffer,
         src_offset: u64,
         dst: wgpu::Buffer,
+        dst_offset: u64,
+        bytes: u64,
+    },
+    /// Zeros written to a byte range (rows of dx no band writes).
+    Clear {
+        buffer: wgpu::Buffer,
+        offset: u64,
         bytes: u64,
     },
 }
@@ -49,7 +57,7 @@ pub(crate) struct Record {
 }
 
 impl Record {
-    fn new() -> Record {
+    pub fn new() -> Record {
         Record {
             batch: Batch::new(),
             pieces: Vec::new(),
@@ -79,13 +87,31 @@ impl Record {
         self.pieces.push(Piece::Pass { op, dispatches });
     }
 
+    /// Copies all of `src` to the start of `dst`.
     pub fn push_copy(&mut self, src: &Raw, dst: &Raw) {
-        if src.len > 0 {
+        self.push_copy_elems(src, 0, dst, 0, src.len);
+    }
+
+    /// Copies `elems` elements from element `from` of `src` to element `to` of `dst`.
+    pub fn push_copy_elems(&mut self, src: &Raw, from: usize, dst: &Raw, to: usize, elems: usize) {
+        if elems > 0 {
             self.pieces.push(Piece::Copy {
                 src: src.buffer().clone(),
-                src_offset: src.offset,
+                src_offset: src.offset + from as u64 * 4,
                 dst: dst.buffer().clone(),
-                bytes: src.bytes(),
+                dst_offset: dst.offset + to as u64 * 4,
+                bytes: elems as u64 * 4,
+            });
+        }
+    }
+
+    /// Writes zeros to all of `t`.
+    pub fn push_clear(&mut self, t: &Raw) {
+        if t.len > 0 {
+            self.pieces.push(Piece::Clear {
+                buffer: t.buffer().clone(),
+                offset: t.offset,
+                bytes: t.bytes(),
             });
         }
     }
@@ -167,11 +193,48 @@ impl Gpu {
                     src,
                     src_offset,
                     dst,
+                    dst_offset,
                     bytes,
-                } => encoder.copy_buffer_to_buffer(src, *src_offset, dst, 0, *bytes),
+                } => encoder.copy_buffer_to_buffer(src, *src_offset, dst, *dst_offset, *bytes),
+                Piece::Clear {
+                    buffer,
+                    offset,
+                    bytes,
+                } => encoder.clear_buffer(buffer, *offset, Some(*bytes)),
             }
         }
         Ok(())
+    }
+
+    /// Encodes a record's pieces into one encoder and submits it (one submission), keeping what
+    /// the batch uses alive until the GPU has run it; `Err(DeviceLost)` if the device did not
+    /// accept it (a zero wait, no more). Its checks stay in the record.
+    pub(crate) fn submit_record(
+        &self,
+        rec: &mut Record,
+        what: &str,
+    ) -> Result<wgpu::SubmissionIndex> {
+        self.check_lost()?;
+        let scope = self.scope();
+        let mut encoder = self
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("wgconv batch"),
+            });
+        let mut uniforms = Vec::new();
+        let encoded = self.encode_pieces(&mut encoder, &rec.pieces, &mut uniforms);
+        let index = self.submit([encoder.finish()]);
+        rec.batch.release();
+        let kept = Kept {
+            _raws: std::mem::take(&mut rec.keep),
+            _uniforms: uniforms,
+        };
+        self.queue.on_submitted_work_done(move || drop(kept));
+        scope.finish(self, what)?;
+        encoded?;
+        // A lost device drops the submission silently: say so now rather than at a download.
+        self.check_submitted(index.clone())?;
+        Ok(index)
     }
 
     /// Runs the checks of batches the caller encoded and has submitted since (checked mode).
@@ -193,26 +256,7 @@ impl Recorder<'_> {
     /// against the reference.
     pub fn submit(mut self) -> Result<wgpu::SubmissionIndex> {
         let gpu = self.gpu;
-        gpu.check_lost()?;
-        let scope = gpu.scope();
-        let mut encoder = gpu
-            .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("wgconv batch"),
-            });
-        let mut uniforms = Vec::new();
-        let encoded = gpu.encode_pieces(&mut encoder, &self.rec.pieces, &mut uniforms);
-        let index = gpu.submit([encoder.finish()]);
-        self.rec.batch.release();
-        let kept = Kept {
-            _raws: std::mem::take(&mut self.rec.keep),
-            _uniforms: uniforms,
-        };
-        gpu.queue.on_submitted_work_done(move || drop(kept));
-        scope.finish(gpu, "Recorder::submit")?;
-        encoded?;
-        // A lost device drops the submission silently: say so now rather than at a download.
-        gpu.check_submitted(index.clone())?;
+        let index = gpu.submit_record(&mut self.rec, "Recorder::submit")?;
         if !self.rec.checks.is_empty() {
             gpu.wait_for(Some(index.clone()))?;
             for check in std::mem::take(&mut self.rec.checks) {

@@ -4,6 +4,7 @@
 //! test a plan: the op bodies in `gpu/conv.rs` and `gpu/pool.rs` validate, ask for a plan,
 //! bind the plan's [`Role`]s to their tensors and submit.
 
+mod bands;
 mod conv;
 mod gemm;
 mod phases;
@@ -11,6 +12,9 @@ mod pool;
 mod profile;
 mod rules;
 
+pub use bands::{
+    RowBand, backward_input_bands, band_profile, band_sizes, forward_bands, row_ranges, sample_fits,
+};
 pub use conv::{
     ConvAlgorithm, ConvPlan, conv2d_backward_bias, conv2d_backward_input, conv2d_backward_weight,
     conv2d_forward,
