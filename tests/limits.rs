@@ -84,14 +84,24 @@ fn chunked_bindings_give_the_same_results() {
     let x = rng.array4_f32([9, 13, 5, 7]);
     check_max_pool(&small, "chunked max-pool", &x, &pool);
     check_avg_pool(&small, "chunked avg-pool", &x, &pool, false);
-    // A single sample larger than a binding is refused with the sizes named.
-    let big = small.upload(&Array4::<f32>::zeros((1, 2, 32, 32))).unwrap();
-    let w = small.upload(&Array4::<f32>::zeros((1, 2, 1, 1))).unwrap();
-    let e = small
+    // A single sample larger than a binding is split into row bands (tests/conv_bands.rs); a
+    // row of all its channels past a binding is refused with the sizes named.
+    let w = small.upload(&Array4::<f32>::ones((1, 2, 1, 1))).unwrap();
+    let big = small.upload(&Array4::<f32>::ones((1, 2, 32, 32))).unwrap();
+    let y = small
         .conv2d_forward(&big, &w, None, &Conv2dSpec::new())
+        .unwrap();
+    assert!(small.download(&y).unwrap().iter().all(|&v| v == 2.0));
+    let wide = small
+        .upload(&Array4::<f32>::zeros((1, 2, 2, 1024)))
+        .unwrap();
+    let e = small
+        .conv2d_forward(&wide, &w, None, &Conv2dSpec::new())
         .unwrap_err();
     assert!(
-        matches!(e, Error::DeviceLimit(_)) && e.to_string().contains("8192 bytes"),
+        matches!(e, Error::DeviceLimit(_))
+            && e.to_string().contains("8192 bytes")
+            && e.to_string().contains("not by channels"),
         "{e}"
     );
 }

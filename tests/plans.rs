@@ -250,8 +250,15 @@ fn batches_past_a_binding_are_chunked() {
     let g = geometry([12, 3, 8, 8], [4, 3, 3, 3], Conv2dSpec::default());
     let plan = plan::conv2d_forward(&p, &g, false).unwrap();
     assert_eq!(plan.chunks, [(0, 5), (5, 10), (10, 12)]);
-    // A sample larger than a binding is refused, naming the slice.
-    let big = geometry([1, 64, 32, 32], [4, 64, 1, 1], Conv2dSpec::default());
+    // A sample larger than a binding is refused by the batch plan, naming the slice; the op
+    // cuts it into row bands instead, each within a binding.
+    let big = geometry([1, 16, 32, 32], [4, 16, 1, 1], Conv2dSpec::default());
     let err = plan::conv2d_forward(&p, &big, false).unwrap_err();
     assert!(err.to_string().contains("one input sample slice"), "{err}");
+    assert!(!plan::sample_fits(&p, &[(16 * 32 * 32, "input sample")]));
+    let bands = plan::forward_bands(&p, &big, false).unwrap();
+    assert_eq!(bands.len(), 32, "one row of 16 x 32 elements a band");
+    for b in &bands {
+        assert!(plan::conv2d_forward(&p, &b.geometry, false).is_ok());
+    }
 }
