@@ -48,6 +48,12 @@ pub enum Algorithm {
     /// Implicit GEMM with workgroup tiles (the default).
     #[default]
     Tiled,
+    /// Winograd F(2x2, 3x3) for the forward and dx of 3x3 convolutions with stride 1 and
+    /// dilation 1 (filter, input and output transforms around a batched GEMM, 2.25x fewer
+    /// multiplies), where its transforms fit the bindings and the workspace bound; the tiled
+    /// kernels for everything else, dW included. Chosen explicitly only: it is not yet
+    /// measured faster on a real GPU (see `docs/PERF.md`).
+    Winograd,
 }
 
 impl Algorithm {
@@ -56,8 +62,9 @@ impl Algorithm {
             Err(_) | Ok("") => Ok(None),
             Ok("direct") => Ok(Some(Algorithm::Direct)),
             Ok("tiled") => Ok(Some(Algorithm::Tiled)),
+            Ok("winograd") => Ok(Some(Algorithm::Winograd)),
             Ok(other) => Err(Error::InvalidArgument(format!(
-                "WGCONV_ALGO={other:?} is not one of direct, tiled"
+                "WGCONV_ALGO={other:?} is not one of direct, tiled, winograd"
             ))),
         }
     }

@@ -17,7 +17,7 @@ pub(crate) use cache::PipelineCache;
 pub use cache::aliased_source;
 pub use params::{
     ConvParams, EltParams, GemmParams, MatmulParams, PoolParams, ReduceParams, RowsParams,
-    SgdParams,
+    SgdParams, WinogradParams,
 };
 pub(crate) use params::{overflow, sizes, to_i32_bits, to_u32};
 pub use tile::Tile;
@@ -77,6 +77,12 @@ pub enum Kernel {
     SoftmaxCrossEntropy,
     /// `shaders/sgd_step.wgsl`
     SgdStep,
+    /// `shaders/winograd_filter.wgsl`: Winograd F(2x2, 3x3) filter transform.
+    WinogradFilter,
+    /// `shaders/winograd_input.wgsl`: Winograd F(2x2, 3x3) input transform.
+    WinogradInput,
+    /// `shaders/winograd_output.wgsl`: Winograd F(2x2, 3x3) output transform.
+    WinogradOutput,
 }
 
 /// How a storage binding is accessed (WGSL `read` or `read_write`).
@@ -133,7 +139,7 @@ macro_rules! row {
 
 /// Every kernel, one row each, in the order of [`Kernel::row`].
 #[rustfmt::skip]
-pub static TABLE: [KernelDef; 20] = [
+pub static TABLE: [KernelDef; 23] = [
     row!("conv2d_forward", ConvParams, [Read, Read, Read, ReadWrite], PerElement),
     row!("conv2d_depthwise", ConvParams, [Read, Read, Read, ReadWrite], PerElement),
     row!("conv2d_depthwise_backward_input", ConvParams, [Read, Read, ReadWrite], PerElement),
@@ -154,14 +160,17 @@ pub static TABLE: [KernelDef; 20] = [
     row!("linear_backward_bias", RowsParams, [Read, ReadWrite], PerItem),
     row!("softmax_cross_entropy", RowsParams, [Read, Read, ReadWrite, ReadWrite], PerItem),
     row!("sgd_step", SgdParams, [ReadWrite, Read, ReadWrite], PerElement),
+    row!("winograd_filter", WinogradParams, [Read, ReadWrite], PerElement),
+    row!("winograd_input", WinogradParams, [Read, ReadWrite], PerElement),
+    row!("winograd_output", WinogradParams, [Read, Read, ReadWrite], PerElement),
 ];
 
 /// The assembled source of each row, joined on first use.
-static SOURCES: [OnceLock<String>; 20] = [const { OnceLock::new() }; 20];
+static SOURCES: [OnceLock<String>; 23] = [const { OnceLock::new() }; 23];
 
 impl Kernel {
     /// All kernels, for validation tests and warm-up.
-    pub const ALL: [Kernel; 22] = [
+    pub const ALL: [Kernel; 25] = [
         Kernel::Conv2dForward,
         Kernel::Conv2dDepthwise,
         Kernel::Conv2dDepthwiseBackwardInput,
@@ -184,6 +193,9 @@ impl Kernel {
         Kernel::LinearBackwardBias,
         Kernel::SoftmaxCrossEntropy,
         Kernel::SgdStep,
+        Kernel::WinogradFilter,
+        Kernel::WinogradInput,
+        Kernel::WinogradOutput,
     ];
 
     /// The implicit-GEMM kernels specialised for a tile.
@@ -219,6 +231,9 @@ impl Kernel {
             Kernel::LinearBackwardBias => 17,
             Kernel::SoftmaxCrossEntropy => 18,
             Kernel::SgdStep => 19,
+            Kernel::WinogradFilter => 20,
+            Kernel::WinogradInput => 21,
+            Kernel::WinogradOutput => 22,
         }
     }
 

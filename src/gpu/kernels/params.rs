@@ -95,8 +95,18 @@ params_struct! {
 }
 
 params_struct! {
-    /// Parameters of `matmul.wgsl`: `c[m, n] = op(a) · op(b) (+ bias)`.
-    MatmulParams { m, n, k, trans_a, trans_b, has_bias, _pad0, _pad1 }
+    /// Parameters of `matmul.wgsl`: `c[m, n] = op(a) · op(b) (+ bias)`, `batches` times (0: once).
+    MatmulParams { m, n, k, trans_a, trans_b, has_bias, batches, _pad1 }
+}
+
+params_struct! {
+    /// Parameters of the Winograd F(2x2, 3x3) kernels (`winograd_*.wgsl`; see
+    /// `shaders/lib/winograd_params.wgsl`). `base_h` and `base_w` hold i32 bits.
+    WinogradParams {
+        n, in_c, in_h, in_w, out_c, out_h, out_w, groups,
+        in_cg, out_cg, tiles_h, tiles_w, base_h, base_w, flip, has_bias,
+        in_off, out_off, total, tiles, accumulate, _pad0, _pad1, _pad2,
+    }
 }
 
 params_struct! {

@@ -5,8 +5,9 @@ use super::gemm::{GemmJob, gemm_chunk, reduce_step};
 use super::phases::{Lattice, Phase, dx_phases};
 use super::rules::{
     backward_input_uses_gemm, dw_tile, element_rows, forward_uses_gemm, gemm_tile, partial_splits,
-    reduction_splits, tiled_dw_splits, use_depthwise,
+    reduction_splits, tiled_dw_splits, use_depthwise, use_winograd,
 };
+use super::winograd;
 use super::{DeviceProfile, Role, Slot, Step};
 use crate::error::Result;
 use crate::gpu::kernels::{ConvParams, DEPTHWISE_TAPS, Kernel, Tile, sizes, to_u32};
@@ -21,6 +22,8 @@ pub enum ConvAlgorithm {
     Depthwise,
     /// The first, direct kernels (one invocation per output, one workgroup per dW element).
     Direct,
+    /// Winograd F(2x2, 3x3) (`winograd_*.wgsl` around the batched `matmul.wgsl`).
+    Winograd,
 }
 
 /// What a conv op will record.
@@ -80,6 +83,11 @@ fn partial_scratch(splits: usize, elems: usize) -> Option<(usize, &'static str)>
 pub fn conv2d_forward(p: &DeviceProfile, g: &Conv2dGeometry, has_bias: bool) -> Result<ConvPlan> {
     let w_len = g.k * g.cg() * g.kh * g.kw;
     p.check_bindable(w_len, "the weight")?;
+    if use_winograd(p, g)
+        && let Some(plan) = winograd::forward(p, g, has_bias)?
+    {
+        return Ok(plan);
+    }
     let base = conv_params(g)?;
     let (xu, yu) = (g.c * g.h * g.w, g.k * g.oh * g.ow);
     let chunks = p.chunks(g.n, &[(xu, "input sample"), (yu, "output sample")])?;
@@ -193,6 +201,11 @@ pub fn conv2d_backward_input(
 ) -> Result<ConvPlan> {
     let w_len = g.k * g.cg() * g.kh * g.kw;
     p.check_bindable(w_len, "the weight")?;
+    if use_winograd(p, g)
+        && let Some(plan) = winograd::backward_input(p, g, accumulate)?
+    {
+        return Ok(plan);
+    }
     let base = conv_params(g)?;
     let (xu, yu) = (g.c * g.h * g.w, g.k * g.oh * g.ow);
     let chunks = p.chunks(g.n, &[(xu, "dx sample"), (yu, "dy sample")])?;

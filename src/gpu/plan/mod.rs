@@ -11,6 +11,7 @@ mod phases;
 mod pool;
 mod profile;
 mod rules;
+mod winograd;
 
 pub use bands::{
     RowBand, backward_input_bands, band_profile, band_sizes, forward_bands, row_ranges, sample_fits,

@@ -50,7 +50,7 @@ pub const MIN_GEMM_OUT_CHANNELS: usize = 4;
 
 /// The conv kernels a plan picks.
 pub fn use_tiled(p: &DeviceProfile, cols: usize, reduce: usize) -> bool {
-    p.algorithm == Algorithm::Tiled && cols >= MIN_GEMM_COLS && reduce >= MIN_GEMM_REDUCE
+    p.algorithm != Algorithm::Direct && cols >= MIN_GEMM_COLS && reduce >= MIN_GEMM_REDUCE
 }
 
 /// Whether the forward (and dW, which has the same columns and reduction) runs on the implicit
@@ -69,7 +69,17 @@ pub fn backward_input_uses_gemm(p: &DeviceProfile, g: &Conv2dGeometry) -> bool {
 /// Whether an op the GEMM does not take (`gemm` false) runs on the depthwise kernels rather
 /// than the direct ones: with the tiled algorithm, for one input channel per group.
 pub fn use_depthwise(p: &DeviceProfile, g: &Conv2dGeometry, gemm: bool) -> bool {
-    !gemm && p.algorithm == Algorithm::Tiled && g.cg() == 1
+    !gemm && p.algorithm != Algorithm::Direct && g.cg() == 1
+}
+
+/// Whether the forward and dx run on Winograd F(2x2, 3x3): asked for ([`Algorithm::Winograd`]),
+/// and a 3x3 kernel with stride 1 and dilation 1 (the transforms assume both; any padding and
+/// groups). The plan still falls back to the GEMM where the transforms do not fit.
+pub fn use_winograd(p: &DeviceProfile, g: &Conv2dGeometry) -> bool {
+    p.algorithm == Algorithm::Winograd
+        && [g.kh, g.kw] == [3, 3]
+        && g.stride == [1, 1]
+        && g.dilation == [1, 1]
 }
 
 /// The tile for an adapter: 128 x 64 ([`Tile::LARGE`]), the fastest on an H100 and for the
