@@ -1,6 +1,6 @@
-//! Winograd F(2x2, 3x3), chosen explicitly (`Algorithm::Winograd`), on every adapter the tests
+//! Winograd F(2x2, 3x3) and, for dW, F(3x3, 2x2), chosen explicitly (`Algorithm::Winograd`), on every adapter the tests
 //! run on: the PyTorch fixtures and random 3x3 stride-1 layers against the reference (forward,
-//! dx, dx accumulated; dW and db stay on the GEMM), chunked at a small binding, three runs
+//! dx and dW, F(3x3, 2x2), also accumulated; db has no Winograd form), chunked at a small binding, three runs
 //! bit-identical, and its error side by side with the implicit GEMM's
 //! (`cargo test --release --test winograd -- --nocapture` prints the table in docs/PERF.md).
 
@@ -16,17 +16,15 @@ fn winograd_gpu(builder: wgconv::GpuBuilder) -> Gpu {
     fresh(builder.algorithm(Algorithm::Winograd))
 }
 
-/// Whether the forward and dx of `x`, `w`, `spec` run on Winograd on `gpu`.
+/// Whether the forward, dx and dW of `x`, `w`, `spec` run on Winograd on `gpu`.
 fn runs_winograd(gpu: &Gpu, x: [usize; 4], w: [usize; 4], spec: &Conv2dSpec) -> bool {
     let g = spec.forward_geometry(x, w).unwrap();
     let f = plan::conv2d_forward(gpu.profile(), &g, false).unwrap();
     let d = plan::conv2d_backward_input(gpu.profile(), &g, false).unwrap();
+    let dw = plan::conv2d_backward_weight(gpu.profile(), &g, false).unwrap();
     let wino = f.algorithm == ConvAlgorithm::Winograd;
-    assert_eq!(
-        wino,
-        d.algorithm == ConvAlgorithm::Winograd,
-        "forward and dx agree"
-    );
+    assert_eq!(wino, d.algorithm == ConvAlgorithm::Winograd, "forward, dx");
+    assert_eq!(wino, dw.algorithm == ConvAlgorithm::Winograd, "forward, dW");
     wino
 }
 
@@ -60,6 +58,13 @@ fn fixtures_on_winograd() {
         close(&dl4(&gpu, &y), &tensor4(&case["y"]), &format!("{name}: y"));
         let hw = [x.shape()[2], x.shape()[3]];
         let dx = gpu.conv2d_backward_input(&dyt, &wt, hw, &spec).unwrap();
+        let khw = [w.shape()[2], w.shape()[3]];
+        let dw = gpu.conv2d_backward_weight(&xt, &dyt, khw, &spec).unwrap();
+        close(
+            &dl4(&gpu, &dw),
+            &tensor4(&case["dw"]),
+            &format!("{name}: dw"),
+        );
         close(
             &dl4(&gpu, &dx),
             &tensor4(&case["dx"]),
@@ -199,6 +204,32 @@ fn chunked_accumulated_and_bit_identical() {
         .unwrap()
         + 1.5;
     close(&dl4(&gpu, &gdx), &want, "dx += on Winograd");
+    // dW += on Winograd, over the five chunks in order.
+    let gdy = gpu.upload(&dy).unwrap();
+    let wstart = Array4::from_elem((2, 4, 3, 3), -0.5f32);
+    let mut gdw = gpu.upload(&wstart).unwrap();
+    gpu.conv2d_backward_weight_accumulate(&gx, &gdy, &spec, &mut gdw)
+        .unwrap();
+    let want = reference::conv2d_backward_weight(f64s(&x).view(), f64s(&dy).view(), [3, 3], &spec)
+        .unwrap()
+        - 0.5;
+    close(&dl4(&gpu, &gdw), &want, "dW += on Winograd");
+    let g5 = spec.forward_geometry(xs, ws).unwrap();
+    let dw_plan = plan::conv2d_backward_weight(gpu.profile(), &g5, true).unwrap();
+    assert_eq!(dw_plan.algorithm, ConvAlgorithm::Winograd);
+    assert!(dw_plan.chunks.len() > 1, "dW chunked: {:?}", dw_plan.chunks);
+    let dws: Vec<Vec<u32>> = (0..3)
+        .map(|_| {
+            bits(
+                &gpu.conv2d_backward_weight(&gx, &gdy, [3, 3], &spec)
+                    .unwrap(),
+            )
+        })
+        .collect();
+    assert!(
+        dws.iter().all(|r| r == &dws[0]),
+        "three dW runs, one result"
+    );
     // One sample's V (16 x 16 channels x 9 tiles) is past 4 KiB: the GEMM plans it.
     let g = spec.forward_geometry([1, 16, 6, 6], [2, 16, 3, 3]).unwrap();
     let p = plan::conv2d_forward(gpu.profile(), &g, false).unwrap();
@@ -237,6 +268,9 @@ fn error_against_the_gemm() {
         let hw = [xs[2], xs[3]];
         let dx_ref =
             reference::conv2d_backward_input(f64s(&dy).view(), f64s(&w).view(), hw, &spec).unwrap();
+        let dw_ref =
+            reference::conv2d_backward_weight(f64s(&x).view(), f64s(&dy).view(), [3, 3], &spec)
+                .unwrap();
         let g = spec.forward_geometry(xs, ws).unwrap();
         let direct = g.flops() / 2.0;
         let tiles = (g.oh.div_ceil(2) * g.ow.div_ceil(2)) as f64;
@@ -257,9 +291,14 @@ fn error_against_the_gemm() {
                 let c = compare(got.iter().copied(), want.iter().copied());
                 c.max_abs_err / c.scale
             };
-            errs.push([rel(&y, &y_ref), rel(&dx, &dx_ref)]);
+            let dw = dl4(
+                gpu,
+                &gpu.conv2d_backward_weight(&gx, &gdy, [3, 3], &spec)
+                    .unwrap(),
+            );
+            errs.push([rel(&y, &y_ref), rel(&dx, &dx_ref), rel(&dw, &dw_ref)]);
         }
-        for (o, op) in ["forward", "dx"].iter().enumerate() {
+        for (o, op) in ["forward", "dx", "dW"].iter().enumerate() {
             println!(
                 "| {name} | {op} | {:.2e} / {:.2e} ({:.2}x) | {:.1e} | {:.1e} |",
                 direct,

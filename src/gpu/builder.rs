@@ -48,10 +48,10 @@ pub enum Algorithm {
     /// Implicit GEMM with workgroup tiles (the default).
     #[default]
     Tiled,
-    /// Winograd F(2x2, 3x3) for the forward and dx of 3x3 convolutions with stride 1 and
-    /// dilation 1 (filter, input and output transforms around a batched GEMM, 2.25x fewer
-    /// multiplies), where its transforms fit the bindings and the workspace bound; the tiled
-    /// kernels for everything else, dW included. Chosen explicitly only: it is not yet
+    /// Winograd for 3x3 convolutions with stride 1 and dilation 1: F(2x2, 3x3) for the forward
+    /// and dx, F(3x3, 2x2) for dW (transforms around a batched GEMM, 2.25x fewer multiplies),
+    /// where its transforms fit the bindings and the workspace bound; the tiled kernels for
+    /// everything else. Chosen explicitly only: it is not yet
     /// measured faster on a real GPU (see `docs/PERF.md`).
     Winograd,
 }

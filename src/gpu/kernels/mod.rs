@@ -83,6 +83,10 @@ pub enum Kernel {
     WinogradInput,
     /// `shaders/winograd_output.wgsl`: Winograd F(2x2, 3x3) output transform.
     WinogradOutput,
+    /// `shaders/winograd_dy.wgsl`: Winograd F(3x3, 2x2) gradient transform (dW).
+    WinogradDy,
+    /// `shaders/winograd_dw_output.wgsl`: Winograd F(3x3, 2x2) output transform (dW).
+    WinogradDwOutput,
 }
 
 /// How a storage binding is accessed (WGSL `read` or `read_write`).
@@ -139,7 +143,7 @@ macro_rules! row {
 
 /// Every kernel, one row each, in the order of [`Kernel::row`].
 #[rustfmt::skip]
-pub static TABLE: [KernelDef; 23] = [
+pub static TABLE: [KernelDef; 25] = [
     row!("conv2d_forward", ConvParams, [Read, Read, Read, ReadWrite], PerElement),
     row!("conv2d_depthwise", ConvParams, [Read, Read, Read, ReadWrite], PerElement),
     row!("conv2d_depthwise_backward_input", ConvParams, [Read, Read, ReadWrite], PerElement),
@@ -163,14 +167,16 @@ pub static TABLE: [KernelDef; 23] = [
     row!("winograd_filter", WinogradParams, [Read, ReadWrite], PerElement),
     row!("winograd_input", WinogradParams, [Read, ReadWrite], PerElement),
     row!("winograd_output", WinogradParams, [Read, Read, ReadWrite], PerElement),
+    row!("winograd_dy", WinogradParams, [Read, ReadWrite], PerElement),
+    row!("winograd_dw_output", WinogradParams, [Read, ReadWrite], PerElement),
 ];
 
 /// The assembled source of each row, joined on first use.
-static SOURCES: [OnceLock<String>; 23] = [const { OnceLock::new() }; 23];
+static SOURCES: [OnceLock<String>; 25] = [const { OnceLock::new() }; 25];
 
 impl Kernel {
     /// All kernels, for validation tests and warm-up.
-    pub const ALL: [Kernel; 25] = [
+    pub const ALL: [Kernel; 27] = [
         Kernel::Conv2dForward,
         Kernel::Conv2dDepthwise,
         Kernel::Conv2dDepthwiseBackwardInput,
@@ -196,6 +202,8 @@ impl Kernel {
         Kernel::WinogradFilter,
         Kernel::WinogradInput,
         Kernel::WinogradOutput,
+        Kernel::WinogradDy,
+        Kernel::WinogradDwOutput,
     ];
 
     /// The implicit-GEMM kernels specialised for a tile.
@@ -234,6 +242,8 @@ impl Kernel {
             Kernel::WinogradFilter => 20,
             Kernel::WinogradInput => 21,
             Kernel::WinogradOutput => 22,
+            Kernel::WinogradDy => 23,
+            Kernel::WinogradDwOutput => 24,
         }
     }
 

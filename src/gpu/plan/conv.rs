@@ -340,6 +340,12 @@ pub fn conv2d_backward_weight(
 ) -> Result<ConvPlan> {
     let elems = g.k * g.cg() * g.kh * g.kw;
     p.check_bindable(elems, "dW")?;
+    if use_winograd(p, g)
+        && g.n > 0
+        && let Some(plan) = winograd::backward_weight(p, g, accumulate)?
+    {
+        return Ok(plan);
+    }
     let cap = p.workspace_splits(elems, "dW partial sums")?;
     let base = conv_params(g)?;
     let (xu, yu) = (g.c * g.h * g.w, g.k * g.oh * g.ow);

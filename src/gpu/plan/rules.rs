@@ -72,7 +72,7 @@ pub fn use_depthwise(p: &DeviceProfile, g: &Conv2dGeometry, gemm: bool) -> bool 
     !gemm && p.algorithm != Algorithm::Direct && g.cg() == 1
 }
 
-/// Whether the forward and dx run on Winograd F(2x2, 3x3): asked for ([`Algorithm::Winograd`]),
+/// Whether the forward, dx and dW run on Winograd (F(2x2, 3x3), dW F(3x3, 2x2)): asked for ([`Algorithm::Winograd`]),
 /// and a 3x3 kernel with stride 1 and dilation 1 (the transforms assume both; any padding and
 /// groups). The plan still falls back to the GEMM where the transforms do not fit.
 pub fn use_winograd(p: &DeviceProfile, g: &Conv2dGeometry) -> bool {

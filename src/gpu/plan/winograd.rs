@@ -1,5 +1,5 @@
 //! Plans of Winograd F(2x2, 3x3) (Lavin & Gray 2016) for the forward and dx of 3x3 convolutions
-//! with stride 1 and dilation 1: the filter transform `U = G g Gᵀ` once, then per batch chunk
+//! with stride 1 and dilation 1, and F(3x3, 2x2) for their dW ([`backward_weight`]): the filter transform `U = G g Gᵀ` once, then per batch chunk
 //! the input transform `V = Bᵀ d B` of every 4 x 4 patch, 16 x groups GEMMs `M = U V` (the
 //! linear layer's tiled GEMM, batched), and the output transform `Y = Aᵀ M A` of every 2 x 2
 //! tile. Per output tile and channel pair that is 16 multiplies instead of 36 (2.25x fewer),
@@ -84,6 +84,63 @@ fn align_up(bytes: u64, align: u64) -> u64 {
     bytes.div_ceil(align) * align
 }
 
+/// Samples per batch chunk: each tensor's window (`windows`, elements a sample) within a
+/// binding, and the scratch (`fixed` bytes, plus `per_sample` bytes a sample, plus alignment
+/// slack) within the workspace bound; at most `n`. 0 when not one sample fits.
+fn samples_per_chunk(
+    p: &DeviceProfile,
+    windows: &[usize],
+    fixed: u64,
+    per_sample: u64,
+    n: usize,
+) -> usize {
+    let max = ((p.max_binding - p.align) / 4) as usize;
+    let room = p.max_workspace.saturating_sub(fixed + 2 * p.align);
+    let by_workspace = usize::try_from(room / per_sample.max(1)).unwrap_or(usize::MAX);
+    windows
+        .iter()
+        .map(|&u| max / u.max(1))
+        .min()
+        .unwrap_or(0)
+        .min(by_workspace)
+        .min(n)
+}
+
+/// A binding of the scratch from byte `offset`, `elems` long.
+fn scratch_slot(offset: u64, elems: usize) -> Slot {
+    Slot {
+        role: Role::Partial,
+        offset,
+        size: (elems.max(1) as u64) * 4,
+    }
+}
+
+/// The batched GEMM step: `batches` products of `[m, k]` and `[k, n]` (`[n, k]` stored, with
+/// `trans_b`) matrices.
+fn batched_gemm(
+    [m, n, k]: [usize; 3],
+    trans_b: bool,
+    batches: usize,
+    binds: [Slot; 3],
+) -> Result<Step> {
+    let gemm = MatmulParams {
+        m: to_u32(m, "GEMM rows")?,
+        n: to_u32(n, "GEMM columns")?,
+        k: to_u32(k, "GEMM reduction")?,
+        trans_b: trans_b as u32,
+        batches: to_u32(batches, "GEMM batches")?,
+        ..Default::default()
+    };
+    let workgroups = m.div_ceil(MATMUL_TILE) * n.div_ceil(MATMUL_TILE) * batches;
+    let [a, b, c] = binds;
+    Ok(Step::new(
+        Kernel::Matmul,
+        &gemm,
+        vec![a, b, Slot::whole(Role::Dummy, 0), c],
+        workgroups,
+    ))
+}
+
 fn plan(p: &DeviceProfile, j: &Job) -> Result<Option<ConvPlan>> {
     let [in_c, in_h, in_w] = j.in_chw;
     let [out_c, out_h, out_w] = j.out_chw;
@@ -94,29 +151,16 @@ fn plan(p: &DeviceProfile, j: &Job) -> Result<Option<ConvPlan>> {
     let (v_unit, m_unit) = (XI * in_c * per_sample, XI * out_c * per_sample);
     let max = ((p.max_binding - p.align) / 4) as usize;
     let (in_unit, out_unit) = (in_c * in_h * in_w, out_c * out_h * out_w);
-    // Samples per chunk: the input, output, V and M windows within a binding, and U, V and M
-    // within the workspace bound.
     let u_bytes = align_up(u_elems as u64 * 4, p.align);
-    let room = p.max_workspace.saturating_sub(u_bytes + 2 * p.align);
-    let by_workspace = room / ((v_unit + m_unit) as u64 * 4).max(1);
-    let per = [in_unit, out_unit, v_unit, m_unit]
-        .iter()
-        .map(|&u| max / u.max(1))
-        .min()
-        .unwrap_or(0)
-        .min(usize::try_from(by_workspace).unwrap_or(usize::MAX))
-        .min(j.n);
+    let per_bytes = (v_unit + m_unit) as u64 * 4;
+    let windows = [in_unit, out_unit, v_unit, m_unit];
+    let per = samples_per_chunk(p, &windows, u_bytes, per_bytes, j.n);
     if per == 0 || u_elems > max || per_sample == 0 {
         return Ok(None);
     }
     let v_off = u_bytes;
     let m_off = align_up(v_off + (per * v_unit) as u64 * 4, p.align);
     let scratch = (m_off / 4) as usize + per * m_unit;
-    let scratch_slot = |offset: u64, elems: usize| Slot {
-        role: Role::Partial,
-        offset,
-        size: (elems.max(1) as u64) * 4,
-    };
     let base = sizes!(WinogradParams {
         in_c: in_c => "input channels",
         in_h: in_h => "input rows",
@@ -184,21 +228,12 @@ fn plan(p: &DeviceProfile, j: &Job) -> Result<Option<ConvPlan>> {
             vec![in_slot, v_slot],
             inputs,
         ));
-        let batches = XI * j.groups;
-        let gemm = MatmulParams {
-            m: to_u32(out_cg, "GEMM rows")?,
-            n: to_u32(tiles, "GEMM columns")?,
-            k: to_u32(in_cg, "GEMM reduction")?,
-            batches: to_u32(batches, "GEMM batches")?,
-            ..Default::default()
-        };
-        let workgroups = out_cg.div_ceil(MATMUL_TILE) * tiles.div_ceil(MATMUL_TILE) * batches;
-        steps.push(Step::new(
-            Kernel::Matmul,
-            &gemm,
-            vec![u_slot, v_slot, Slot::whole(Role::Dummy, 0), m_slot],
-            workgroups,
-        ));
+        steps.push(batched_gemm(
+            [out_cg, tiles, in_cg],
+            false,
+            XI * j.groups,
+            [u_slot, v_slot, m_slot],
+        )?);
         let outputs = nc * out_c * per_sample;
         steps.push(Step::new(
             Kernel::WinogradOutput,
@@ -208,6 +243,120 @@ fn plan(p: &DeviceProfile, j: &Job) -> Result<Option<ConvPlan>> {
             },
             vec![m_slot, bias, out_slot],
             outputs,
+        ));
+    }
+    Ok(Some(ConvPlan {
+        algorithm: ConvAlgorithm::Winograd,
+        tile: None,
+        splits: 1,
+        chunks,
+        phases: 0,
+        scratch: Some((scratch, "Winograd transforms")),
+        steps,
+    }))
+}
+
+/// dW on Winograd F(3x3, 2x2) (added to the output with `accumulate`), or `None` where it does
+/// not fit: per batch chunk, the input transform of x's 4 x 4 patches (the forward's kernel),
+/// the gradient transform of dy's 2 x 2 tiles, 16 x groups GEMMs `M = U Vᵀ` reducing over the
+/// tiles, and the output transform into dW (every chunk after the first adds, in order).
+pub(super) fn backward_weight(
+    p: &DeviceProfile,
+    g: &Conv2dGeometry,
+    accumulate: bool,
+) -> Result<Option<ConvPlan>> {
+    let (cg, kg) = (g.cg(), g.kg());
+    let tiles_hw = [g.oh.div_ceil(2), g.ow.div_ceil(2)];
+    let per_sample = tiles_hw[0] * tiles_hw[1];
+    let m_elems = XI * g.k * cg;
+    let (v_unit, u_unit) = (XI * g.c * per_sample, XI * g.k * per_sample);
+    let (x_unit, dy_unit) = (g.c * g.h * g.w, g.k * g.oh * g.ow);
+    let max = ((p.max_binding - p.align) / 4) as usize;
+    let m_bytes = align_up(m_elems as u64 * 4, p.align);
+    let per_bytes = (v_unit + u_unit) as u64 * 4;
+    let windows = [x_unit, dy_unit, v_unit, u_unit];
+    let per = samples_per_chunk(p, &windows, m_bytes, per_bytes, g.n);
+    if per == 0 || m_elems > max || per_sample == 0 {
+        return Ok(None);
+    }
+    let v_off = m_bytes;
+    let u_off = align_up(v_off + (per * v_unit) as u64 * 4, p.align);
+    let scratch = (u_off / 4) as usize + per * u_unit;
+    let base = sizes!(WinogradParams {
+        in_c: g.c => "input channels",
+        in_h: g.h => "input rows",
+        in_w: g.w => "input columns",
+        out_c: g.k => "output channels",
+        out_h: g.oh => "output rows",
+        out_w: g.ow => "output columns",
+        groups: g.groups => "groups",
+        in_cg: cg => "input channels per group",
+        out_cg: kg => "output channels per group",
+        tiles_h: tiles_hw[0] => "tile rows",
+        tiles_w: tiles_hw[1] => "tile columns",
+        ..Default::default()
+    });
+    let base = WinogradParams {
+        base_h: to_i32_bits(-(g.padding.top as i64), "Winograd row origin")?,
+        base_w: to_i32_bits(-(g.padding.left as i64), "Winograd column origin")?,
+        ..base
+    };
+    let m_slot = scratch_slot(0, m_elems);
+    let chunks: Vec<(usize, usize)> = (0..g.n)
+        .step_by(per)
+        .map(|n0| (n0, (n0 + per).min(g.n)))
+        .collect();
+    let mut steps = Vec::new();
+    for (ci, &(n0, n1)) in chunks.iter().enumerate() {
+        let nc = n1 - n0;
+        let tiles = nc * per_sample;
+        let (x_slot, in_off) = p.window(Role::X, n0 * x_unit, n1 * x_unit);
+        let (dy_slot, out_off) = p.window(Role::Dy, n0 * dy_unit, n1 * dy_unit);
+        let v_slot = scratch_slot(v_off, nc * v_unit);
+        let u_slot = scratch_slot(u_off, nc * u_unit);
+        let chunk = WinogradParams {
+            n: nc as u32,
+            tiles: to_u32(tiles, "Winograd tiles")?,
+            in_off,
+            out_off,
+            ..base
+        };
+        let inputs = nc * g.c * per_sample;
+        steps.push(Step::new(
+            Kernel::WinogradInput,
+            &WinogradParams {
+                total: to_u32(inputs, "input transforms")?,
+                ..chunk
+            },
+            vec![x_slot, v_slot],
+            inputs,
+        ));
+        let grads = nc * g.k * per_sample;
+        steps.push(Step::new(
+            Kernel::WinogradDy,
+            &WinogradParams {
+                total: to_u32(grads, "gradient transforms")?,
+                ..chunk
+            },
+            vec![dy_slot, u_slot],
+            grads,
+        ));
+        steps.push(batched_gemm(
+            [kg, cg, tiles],
+            true,
+            XI * g.groups,
+            [u_slot, v_slot, m_slot],
+        )?);
+        let pairs = g.k * cg;
+        steps.push(Step::new(
+            Kernel::WinogradDwOutput,
+            &WinogradParams {
+                total: to_u32(pairs, "dW transforms")?,
+                accumulate: (ci > 0 || accumulate) as u32,
+                ..chunk
+            },
+            vec![m_slot, Slot::whole(Role::Out, pairs * 9)],
+            pairs,
         ));
     }
     Ok(Some(ConvPlan {
