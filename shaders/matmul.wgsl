@@ -2,9 +2,7 @@
 // bias[n] when has_bias. op(a) is a stored [M, K] row-major, or [K, M] when trans_a; op(b) is b
 // stored [K, N], or [N, K] when trans_b. One workgroup per 32 x 32 tile of c: the 64
 // invocations stage 16-deep slices of a and b in workgroup memory and each accumulates a 4 x 4
-// block, in increasing k, so the result is the same on every run (no atomics). With
-// `batches` > 1, batch `b` multiplies the b-th [M, K] and [K, N] matrices stored one after
-// the other into the b-th [M, N] block of c (Winograd's 16 products per group).
+// block, in increasing k, so the result is the same on every run (no atomics).
 //   linear forward  y  = x · wᵀ + b : a = x  [N, in],  b = w [out, in] (trans_b)
 //   linear dx       dx = dy · w     : a = dy [N, out], b = w [out, in]
 //   linear dW       dW = dyᵀ · x    : a = dy [N, out] (trans_a), b = x [N, in]
@@ -13,7 +11,7 @@
 
 struct Params {
     m: u32, n: u32, k: u32, trans_a: u32,
-    trans_b: u32, has_bias: u32, batches: u32, _pad1: u32,
+    trans_b: u32, has_bias: u32, _pad0: u32, _pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -29,10 +27,6 @@ const WG: u32 = 64u;
 // Invocations per row of the 8 x 8 grid of 4 x 4 blocks.
 const GRID: u32 = 8u;
 
-// Where the workgroup's batch starts in a, b and c.
-var<private> a_base: u32;
-var<private> b_base: u32;
-
 // [BK][BM] and [BK][BN], k-major so the inner loop reads rows.
 var<workgroup> a_tile: array<f32, 512>;
 var<workgroup> b_tile: array<f32, 512>;
@@ -42,9 +36,9 @@ fn load_a(row: u32, kk: u32) -> f32 {
         return 0.0;
     }
     if (p.trans_a != 0u) {
-        return a[a_base + kk * p.m + row];
+        return a[kk * p.m + row];
     }
-    return a[a_base + row * p.k + kk];
+    return a[row * p.k + kk];
 }
 
 fn load_b(kk: u32, col: u32) -> f32 {
@@ -52,9 +46,9 @@ fn load_b(kk: u32, col: u32) -> f32 {
         return 0.0;
     }
     if (p.trans_b != 0u) {
-        return b[b_base + col * p.k + kk];
+        return b[col * p.k + kk];
     }
-    return b[b_base + kk * p.n + col];
+    return b[kk * p.n + col];
 }
 
 @compute @workgroup_size(WG)
@@ -62,16 +56,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         @builtin(local_invocation_index) lid: u32) {
     let tiles_n = (p.n + BN - 1u) / BN;
     let tiles_m = (p.m + BM - 1u) / BM;
-    let item = workgroup_item(wid, nwg);
+    let tile = workgroup_item(wid, nwg);
     // Uniform per workgroup, so the barriers below stay in uniform control flow.
-    if (item >= tiles_m * tiles_n * max(p.batches, 1u)) {
+    if (tile >= tiles_m * tiles_n) {
         return;
     }
-    let batch = item / (tiles_m * tiles_n);
-    let tile = item % (tiles_m * tiles_n);
-    a_base = batch * p.m * p.k;
-    b_base = batch * p.k * p.n;
-    let c_base = batch * p.m * p.n;
     let row0 = (tile / tiles_n) * BM;
     let col0 = (tile % tiles_n) * BN;
     let tr = lid / GRID;
@@ -134,7 +123,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
                 if (p.has_bias != 0u) {
                     v += bias[col];
                 }
-                c[c_base + row * p.n + col] = v;
+                c[row * p.n + col] = v;
             }
         }
     }

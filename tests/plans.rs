@@ -262,3 +262,72 @@ fn batches_past_a_binding_are_chunked() {
         assert!(plan::conv2d_forward(&p, &b.geometry, false).is_ok());
     }
 }
+
+#[test]
+fn winograd_is_chosen_only_when_asked_and_where_it_applies() {
+    let wino = DeviceProfile {
+        algorithm: Algorithm::Winograd,
+        ..profile(false)
+    };
+    let pad1 = Conv2dSpec::default().with_padding(Padding2d::symmetric(1, 1));
+    let g = geometry([32, 128, 28, 28], [128, 128, 3, 3], pad1);
+    assert!(plan::use_winograd(&wino, &g));
+    assert!(!plan::use_winograd(&profile(false), &g), "not by default");
+    assert!(
+        !plan::use_winograd(&profile(true), &g),
+        "not by default on CPU drivers"
+    );
+    let s2 = geometry([1, 8, 9, 9], [8, 8, 3, 3], pad1.with_stride([2, 2]));
+    let d2 = geometry([1, 8, 9, 9], [8, 8, 3, 3], pad1.with_dilation([2, 2]));
+    let dw = geometry([1, 8, 9, 9], [8, 1, 3, 3], pad1.with_groups(8));
+    let k5 = geometry([1, 8, 9, 9], [8, 8, 5, 5], Conv2dSpec::default());
+    for other in [s2, d2, dw, k5] {
+        assert!(!plan::use_winograd(&wino, &other), "{other:?}");
+    }
+    // The plan: one filter transform, then per chunk input transform, the GEMM stage (a
+    // grouped 1x1 conv on the transforms) and the output transform; both scratch buffers named.
+    let f = plan::conv2d_forward(&wino, &g, true).unwrap();
+    assert_eq!(f.algorithm, ConvAlgorithm::Winograd);
+    let kernels: Vec<String> = f.steps.iter().map(|s| format!("{:?}", s.kernel)).collect();
+    assert_eq!(kernels.first().map(String::as_str), Some("WinogradFilter"));
+    assert_eq!(kernels.last().map(String::as_str), Some("WinogradOutput"));
+    assert!(
+        kernels.iter().any(|k| k.starts_with("Conv2dGemm")),
+        "{kernels:?}"
+    );
+    assert!(f.transforms.is_some() && f.scratch.is_some());
+    // Within a workspace bound: smaller chunks, never more bytes than the bound.
+    let bound = 8 << 20;
+    let tight = DeviceProfile {
+        max_workspace: bound,
+        ..wino.clone()
+    };
+    for (op, p) in [
+        ("forward", plan::conv2d_forward(&tight, &g, false).unwrap()),
+        (
+            "dx",
+            plan::conv2d_backward_input(&tight, &g, false).unwrap(),
+        ),
+        (
+            "dW",
+            plan::conv2d_backward_weight(&tight, &g, false).unwrap(),
+        ),
+    ] {
+        assert_eq!(p.algorithm, ConvAlgorithm::Winograd, "{op}");
+        assert!(p.chunks.len() > 1, "{op}: {:?}", p.chunks);
+        assert!(
+            p.workspace_bytes() <= bound,
+            "{op}: {}",
+            p.workspace_bytes()
+        );
+    }
+    // A bound too small for one sample's transforms: the implicit GEMM.
+    let tiny = DeviceProfile {
+        max_workspace: 64 << 10,
+        ..wino
+    };
+    assert_ne!(
+        plan::conv2d_forward(&tiny, &g, false).unwrap().algorithm,
+        ConvAlgorithm::Winograd
+    );
+}

@@ -74,8 +74,8 @@ fn fixtures_on_winograd() {
     assert!(taken >= 3, "only {taken} fixtures are 3x3 stride-1 layers");
 }
 
-/// Paddings 0 to 3 (asymmetric, and past the kernel's reach for dx's crop), groups, depthwise,
-/// odd and one-row outputs, with bias; all four ops through `check_conv`.
+/// Paddings 0 to 3 (asymmetric, and past the kernel's reach for dx's crop), groups (two
+/// channels a group), odd and one-row outputs, with bias; all four ops through `check_conv`.
 #[test]
 fn named_cases_on_winograd() {
     let gpu = winograd_gpu(Gpu::builder());
@@ -91,7 +91,7 @@ fn named_cases_on_winograd() {
         ([3, 5, 6, 11], [6, 5, 3, 3], pad(2, 0, 1, 2), 1),
         ([1, 2, 5, 5], [3, 2, 3, 3], pad(3, 3, 3, 3), 1),
         ([2, 6, 7, 7], [4, 3, 3, 3], pad(1, 1, 1, 1), 2),
-        ([1, 8, 10, 6], [8, 1, 3, 3], pad(1, 1, 1, 1), 8),
+        ([1, 8, 10, 6], [8, 2, 3, 3], pad(1, 1, 1, 1), 4),
         ([1, 3, 3, 40], [5, 3, 3, 3], pad(0, 0, 1, 1), 1),
         ([2, 16, 14, 14], [32, 16, 3, 3], pad(1, 1, 1, 1), 1),
     ];
@@ -111,14 +111,14 @@ fn named_cases_on_winograd() {
 }
 
 /// Random 3x3 stride-1 layers (channels, groups, paddings, sizes drawn), and the layers it does
-/// not take (stride 2, dilation 2, 5x5) fall back to the GEMM with the same results.
+/// not take (stride 2, dilation 2, 5x5, depthwise) fall back to the GEMM with the same results.
 #[test]
 fn random_layers_on_winograd_and_fallbacks() {
     let gpu = winograd_gpu(Gpu::builder());
     let mut rng = Rng::new(7);
     for i in 0..24 {
         let groups = [1, 1, 2, 3][rng.range(0, 3)];
-        let (c, k) = (groups * rng.range(1, 5), groups * rng.range(1, 6));
+        let (c, k) = (groups * rng.range(2, 5), groups * rng.range(1, 6));
         let (h, w) = (rng.range(1, 13), rng.range(1, 13));
         let padding = Padding2d {
             top: rng.range(0, 2),
@@ -156,6 +156,11 @@ fn random_layers_on_winograd_and_fallbacks() {
             Conv2dSpec::default().with_dilation([2, 2]),
         ),
         ([1, 3, 9, 9], [4, 3, 5, 5], Conv2dSpec::default()),
+        (
+            [1, 4, 9, 9],
+            [4, 1, 3, 3],
+            Conv2dSpec::default().with_groups(4),
+        ),
     ];
     for (xs, ws, spec) in others {
         assert!(

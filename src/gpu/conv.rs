@@ -49,12 +49,12 @@ impl Gpu {
         plan: &ConvPlan,
         buffers: Buffers<'_>,
     ) -> Result<()> {
-        let scratch = plan
-            .scratch
-            .map(|(elems, what)| self.alloc(&[elems], what))
-            .transpose()?;
+        let alloc = |s: Option<(usize, &str)>| s.map(|(elems, what)| self.alloc(&[elems], what));
+        let scratch = alloc(plan.scratch).transpose()?;
+        let transforms = alloc(plan.transforms).transpose()?;
         let buffers = Buffers {
             partial: scratch.as_ref(),
+            transform: transforms.as_ref(),
             ..buffers
         };
         self.run(sink, op, &plan.steps, &buffers)
@@ -394,7 +394,7 @@ impl Gpu {
             ConvOp::BackwardWeight => plan::conv2d_backward_weight(p, &g, false)?,
             ConvOp::BackwardBias => plan::conv2d_backward_bias(p, g.y_shape(), false)?,
         };
-        Ok(plan.scratch.map_or(0, |(elems, _)| elems as u64 * 4))
+        Ok(plan.workspace_bytes())
     }
 
     /// The workspace of an op whose samples are cut into row bands (`None` when they are not):
@@ -409,7 +409,7 @@ impl Gpu {
         if g.n * g.oh * g.ow == 0 || !banded {
             return Ok(None);
         }
-        let scratch = |plan: ConvPlan| plan.scratch.map_or(0, |(elems, _)| elems as u64 * 4);
+        let scratch = |plan: ConvPlan| plan.workspace_bytes();
         if op == ConvOp::BackwardBias {
             let ranges = plan::row_ranges(p, [g.k, g.oh, g.ow])?;
             let most = ranges.iter().map(|&(a, b)| b - a).max().unwrap_or(0);

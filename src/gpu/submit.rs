@@ -67,6 +67,7 @@ pub(crate) struct Buffers<'a> {
     pub indices: Option<&'a Raw>,
     pub out: Option<&'a Raw>,
     pub partial: Option<&'a Raw>,
+    pub transform: Option<&'a Raw>,
 }
 
 impl<'a> Buffers<'a> {
@@ -79,6 +80,7 @@ impl<'a> Buffers<'a> {
             Role::Indices => self.indices,
             Role::Out => self.out,
             Role::Partial => self.partial,
+            Role::Transform => self.transform,
             Role::Dummy => None,
         }
         .filter(|r| r.buf.is_some())
@@ -94,6 +96,7 @@ impl<'a> Buffers<'a> {
             self.indices,
             self.out,
             self.partial,
+            self.transform,
         ]
         .into_iter()
         .flatten()

@@ -95,8 +95,8 @@ params_struct! {
 }
 
 params_struct! {
-    /// Parameters of `matmul.wgsl`: `c[m, n] = op(a) · op(b) (+ bias)`, `batches` times (0: once).
-    MatmulParams { m, n, k, trans_a, trans_b, has_bias, batches, _pad1 }
+    /// Parameters of `matmul.wgsl`: `c[m, n] = op(a) · op(b) (+ bias)`.
+    MatmulParams { m, n, k, trans_a, trans_b, has_bias, _pad0, _pad1 }
 }
 
 params_struct! {

@@ -43,8 +43,21 @@ pub struct ConvPlan {
     /// Elements of scratch ([`Role::Partial`]) the dispatches need, and what they hold; `None`
     /// when there is none.
     pub scratch: Option<(usize, &'static str)>,
+    /// Elements of the second scratch ([`Role::Transform`]): Winograd's transforms.
+    pub transforms: Option<(usize, &'static str)>,
     /// The dispatches, in order.
     pub steps: Vec<Step>,
+}
+
+impl ConvPlan {
+    /// Bytes of both scratch buffers.
+    pub fn workspace_bytes(&self) -> u64 {
+        [self.scratch, self.transforms]
+            .iter()
+            .flatten()
+            .map(|&(elems, _)| elems as u64 * 4)
+            .sum()
+    }
 }
 
 /// The params block of a geometry; per-chunk fields (`n`, offsets, `total`) are set by callers.
@@ -180,6 +193,7 @@ pub fn conv2d_forward(p: &DeviceProfile, g: &Conv2dGeometry, has_bias: bool) -> 
         scratch: partial_scratch(splits, max_chunk * yu),
         chunks,
         phases: 0,
+        transforms: None,
         steps,
     })
 }
@@ -308,6 +322,7 @@ pub fn conv2d_backward_input(
         },
         chunks,
         phases: phases.as_ref().map_or(0, Vec::len),
+        transforms: None,
         steps,
     })
 }
@@ -422,6 +437,7 @@ pub fn conv2d_backward_weight(
         chunks,
         phases: 0,
         scratch: Some((max_splits * elems, "dW partial sums")),
+        transforms: None,
         steps,
     })
 }
@@ -478,6 +494,7 @@ pub fn conv2d_backward_bias(
         chunks,
         phases: 0,
         scratch: Some((max_splits * k, "db partial sums")),
+        transforms: None,
         steps,
     })
 }

@@ -44,6 +44,9 @@ pub enum Role {
     Out,
     /// The plan's scratch buffer ([`ConvPlan::scratch`]): split-K partial sums.
     Partial,
+    /// The plan's second scratch buffer ([`ConvPlan::transforms`]): Winograd's transforms, read
+    /// by its GEMM while it writes the first.
+    Transform,
     /// A placeholder bound where a kernel's optional input is absent (never read).
     Dummy,
 }

@@ -74,9 +74,11 @@ pub fn use_depthwise(p: &DeviceProfile, g: &Conv2dGeometry, gemm: bool) -> bool 
 
 /// Whether the forward, dx and dW run on Winograd (F(2x2, 3x3), dW F(3x3, 2x2)): asked for ([`Algorithm::Winograd`]),
 /// and a 3x3 kernel with stride 1 and dilation 1 (the transforms assume both; any padding and
-/// groups). The plan still falls back to the GEMM where the transforms do not fit.
+/// groups), not depthwise (one channel per group: a GEMM reduction of 1, which the depthwise
+/// kernels do better). The plan still falls back to the GEMM where the transforms do not fit.
 pub fn use_winograd(p: &DeviceProfile, g: &Conv2dGeometry) -> bool {
     p.algorithm == Algorithm::Winograd
+        && g.cg() > 1
         && [g.kh, g.kw] == [3, 3]
         && g.stride == [1, 1]
         && g.dilation == [1, 1]

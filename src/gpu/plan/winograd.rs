@@ -1,8 +1,10 @@
 //! Plans of Winograd F(2x2, 3x3) (Lavin & Gray 2016) for the forward and dx of 3x3 convolutions
 //! with stride 1 and dilation 1, and F(3x3, 2x2) for their dW ([`backward_weight`]): the filter transform `U = G g Gᵀ` once, then per batch chunk
-//! the input transform `V = Bᵀ d B` of every 4 x 4 patch, 16 x groups GEMMs `M = U V` (the
-//! linear layer's tiled GEMM, batched), and the output transform `Y = Aᵀ M A` of every 2 x 2
-//! tile. Per output tile and channel pair that is 16 multiplies instead of 36 (2.25x fewer),
+//! the input transform `V = Bᵀ d B` of every 4 x 4 patch, 16 x groups GEMMs `M = U V`, and the
+//! output transform `Y = Aᵀ M A` of every 2 x 2 tile. The GEMMs are the implicit GEMM's own: a
+//! grouped 1x1 convolution with 16 x groups groups over the transforms (the forward's plan, or
+//! for dW the dW plan), planned on a `[1, 16·C, 1, tiles]` geometry and moved onto the scratch
+//! buffers. Per output tile and channel pair that is 16 multiplies instead of 36 (2.25x fewer),
 //! in exchange for transform scratch of 16 x (channels x tiles) for V and M: about 4x the
 //! input and the output of a chunk, sized within the bindings and the workspace bound, or the
 //! plan is not made (`None`: the caller plans the implicit GEMM). No atomics: deterministic.
@@ -11,16 +13,14 @@
 //! 3x3 conv with the kernel rotated 180° and its channels swapped per group (the filter
 //! transform's `flip`), reading dy from `padding - 2` (negative padding crops).
 
-use super::conv::{ConvAlgorithm, ConvPlan};
+use super::conv::{ConvAlgorithm, ConvPlan, conv2d_backward_weight, conv2d_forward};
 use super::{DeviceProfile, Role, Slot, Step};
 use crate::error::Result;
-use crate::gpu::kernels::{Kernel, MatmulParams, WinogradParams, sizes, to_i32_bits, to_u32};
-use crate::spec::Conv2dGeometry;
+use crate::gpu::kernels::{Kernel, WinogradParams, sizes, to_i32_bits, to_u32};
+use crate::spec::{Conv2dGeometry, Padding2d};
 
 /// Elements per 4 x 4 transform.
 const XI: usize = 16;
-/// The batched GEMM's tile (`matmul.wgsl`'s BM = BN).
-const MATMUL_TILE: usize = 32;
 
 /// One Winograd job: `out = conv3x3(input)` per group, as in `shaders/lib/winograd_params.wgsl`.
 struct Job {
@@ -85,7 +85,7 @@ fn align_up(bytes: u64, align: u64) -> u64 {
 }
 
 /// Samples per batch chunk: each tensor's window (`windows`, elements a sample) within a
-/// binding, and the scratch (`fixed` bytes, plus `per_sample` bytes a sample, plus alignment
+/// binding, and the transforms (`fixed` bytes, plus `per_sample` bytes a sample, plus alignment
 /// slack) within the workspace bound; at most `n`. 0 when not one sample fits.
 fn samples_per_chunk(
     p: &DeviceProfile,
@@ -95,7 +95,7 @@ fn samples_per_chunk(
     n: usize,
 ) -> usize {
     let max = ((p.max_binding - p.align) / 4) as usize;
-    let room = p.max_workspace.saturating_sub(fixed + 2 * p.align);
+    let room = p.max_workspace.saturating_sub(fixed + 4 * p.align);
     let by_workspace = usize::try_from(room / per_sample.max(1)).unwrap_or(usize::MAX);
     windows
         .iter()
@@ -106,39 +106,68 @@ fn samples_per_chunk(
         .min(n)
 }
 
-/// A binding of the scratch from byte `offset`, `elems` long.
-fn scratch_slot(offset: u64, elems: usize) -> Slot {
+/// A binding of a scratch buffer from byte `offset`, `elems` long.
+fn scratch_slot(role: Role, offset: u64, elems: usize) -> Slot {
     Slot {
-        role: Role::Partial,
+        role,
         offset,
         size: (elems.max(1) as u64) * 4,
     }
 }
 
-/// The batched GEMM step: `batches` products of `[m, k]` and `[k, n]` (`[n, k]` stored, with
-/// `trans_b`) matrices.
-fn batched_gemm(
-    [m, n, k]: [usize; 3],
-    trans_b: bool,
-    batches: usize,
-    binds: [Slot; 3],
-) -> Result<Step> {
-    let gemm = MatmulParams {
-        m: to_u32(m, "GEMM rows")?,
-        n: to_u32(n, "GEMM columns")?,
-        k: to_u32(k, "GEMM reduction")?,
-        trans_b: trans_b as u32,
-        batches: to_u32(batches, "GEMM batches")?,
-        ..Default::default()
-    };
-    let workgroups = m.div_ceil(MATMUL_TILE) * n.div_ceil(MATMUL_TILE) * batches;
-    let [a, b, c] = binds;
-    Ok(Step::new(
-        Kernel::Matmul,
-        &gemm,
-        vec![a, b, Slot::whole(Role::Dummy, 0), c],
-        workgroups,
-    ))
+/// The GEMM stage of a chunk of `tiles` tiles as a grouped 1x1 convolution: activations
+/// `[1, 16·in_c, 1, tiles]` (V, or for dW also dy's transform), weights
+/// `[16·out_c, in_c / groups, 1, 1]` (U), output `[1, 16·out_c, 1, tiles]` (M), 16·groups groups:
+/// group `xi·groups + g` multiplies transform element `xi` of group `g`.
+fn gemm_geometry(in_c: usize, out_c: usize, groups: usize, tiles: usize) -> Conv2dGeometry {
+    Conv2dGeometry {
+        n: 1,
+        c: XI * in_c,
+        h: 1,
+        w: tiles,
+        k: XI * out_c,
+        kh: 1,
+        kw: 1,
+        oh: 1,
+        ow: tiles,
+        groups: XI * groups,
+        stride: [1, 1],
+        padding: Padding2d::default(),
+        dilation: [1, 1],
+    }
+}
+
+/// A sub-plan's steps with each role moved onto a scratch buffer at a byte offset
+/// (`(role, to, offset)`); roles not named stay.
+fn moved(steps: Vec<Step>, map: &[(Role, Role, u64)]) -> Vec<Step> {
+    steps
+        .into_iter()
+        .map(|mut s| {
+            for b in &mut s.binds {
+                if let Some(&(_, to, offset)) = map.iter().find(|m| m.0 == b.role) {
+                    b.role = to;
+                    b.offset += offset;
+                }
+            }
+            s
+        })
+        .collect()
+}
+
+/// The profile the GEMM stage plans with: the workspace bound less the transforms' bytes.
+fn gemm_profile(p: &DeviceProfile, used: u64) -> DeviceProfile {
+    DeviceProfile {
+        max_workspace: p.max_workspace.saturating_sub(used),
+        ..p.clone()
+    }
+}
+
+/// The chunks `(n0, n1)` of `n` samples, `per` a chunk.
+fn chunks_of(n: usize, per: usize) -> Vec<(usize, usize)> {
+    (0..n)
+        .step_by(per)
+        .map(|n0| (n0, (n0 + per).min(n)))
+        .collect()
 }
 
 fn plan(p: &DeviceProfile, j: &Job) -> Result<Option<ConvPlan>> {
@@ -151,6 +180,7 @@ fn plan(p: &DeviceProfile, j: &Job) -> Result<Option<ConvPlan>> {
     let (v_unit, m_unit) = (XI * in_c * per_sample, XI * out_c * per_sample);
     let max = ((p.max_binding - p.align) / 4) as usize;
     let (in_unit, out_unit) = (in_c * in_h * in_w, out_c * out_h * out_w);
+    // Transform buffer: U, then V; scratch: M, then the GEMM's split partial sums.
     let u_bytes = align_up(u_elems as u64 * 4, p.align);
     let per_bytes = (v_unit + m_unit) as u64 * 4;
     let windows = [in_unit, out_unit, v_unit, m_unit];
@@ -159,8 +189,9 @@ fn plan(p: &DeviceProfile, j: &Job) -> Result<Option<ConvPlan>> {
         return Ok(None);
     }
     let v_off = u_bytes;
-    let m_off = align_up(v_off + (per * v_unit) as u64 * 4, p.align);
-    let scratch = (m_off / 4) as usize + per * m_unit;
+    let transforms = (v_off / 4) as usize + per * v_unit;
+    let m_bytes = align_up((per * m_unit) as u64 * 4, p.align);
+    let gp = gemm_profile(p, transforms as u64 * 4 + m_bytes);
     let base = sizes!(WinogradParams {
         in_c: in_c => "input channels",
         in_h: in_h => "input rows",
@@ -183,7 +214,7 @@ fn plan(p: &DeviceProfile, j: &Job) -> Result<Option<ConvPlan>> {
         base_w: to_i32_bits(j.base[1], "Winograd column origin")?,
         ..base
     };
-    let u_slot = scratch_slot(0, u_elems);
+    let u_slot = scratch_slot(Role::Transform, 0, u_elems);
     let filter = WinogradParams {
         total: to_u32(out_c * in_cg, "filter transforms")?,
         ..base
@@ -195,22 +226,26 @@ fn plan(p: &DeviceProfile, j: &Job) -> Result<Option<ConvPlan>> {
         vec![weight, u_slot],
         out_c * in_cg,
     )];
-    let chunks: Vec<(usize, usize)> = (0..j.n)
-        .step_by(per)
-        .map(|n0| (n0, (n0 + per).min(j.n)))
-        .collect();
+    let chunks = chunks_of(j.n, per);
     let bias = if j.has_bias {
         Slot::whole(Role::Bias, out_c)
     } else {
         Slot::whole(Role::Dummy, 0)
     };
+    let map = [
+        (Role::X, Role::Transform, v_off),
+        (Role::W, Role::Transform, 0),
+        (Role::Out, Role::Partial, 0),
+        (Role::Partial, Role::Partial, m_bytes),
+    ];
+    let mut partials = 0;
     for &(n0, n1) in &chunks {
         let nc = n1 - n0;
         let tiles = nc * per_sample;
         let (in_slot, in_off) = p.window(j.input, n0 * in_unit, n1 * in_unit);
         let (out_slot, out_off) = p.window(Role::Out, n0 * out_unit, n1 * out_unit);
-        let v_slot = scratch_slot(v_off, nc * v_unit);
-        let m_slot = scratch_slot(m_off, nc * m_unit);
+        let v_slot = scratch_slot(Role::Transform, v_off, nc * v_unit);
+        let m_slot = scratch_slot(Role::Partial, 0, nc * m_unit);
         let chunk = WinogradParams {
             n: nc as u32,
             tiles: to_u32(tiles, "Winograd tiles")?,
@@ -228,12 +263,12 @@ fn plan(p: &DeviceProfile, j: &Job) -> Result<Option<ConvPlan>> {
             vec![in_slot, v_slot],
             inputs,
         ));
-        steps.push(batched_gemm(
-            [out_cg, tiles, in_cg],
-            false,
-            XI * j.groups,
-            [u_slot, v_slot, m_slot],
-        )?);
+        let Ok(gemm) = conv2d_forward(&gp, &gemm_geometry(in_c, out_c, j.groups, tiles), false)
+        else {
+            return Ok(None);
+        };
+        partials = partials.max(gemm.scratch.map_or(0, |s| s.0));
+        steps.extend(moved(gemm.steps, &map));
         let outputs = nc * out_c * per_sample;
         steps.push(Step::new(
             Kernel::WinogradOutput,
@@ -251,37 +286,41 @@ fn plan(p: &DeviceProfile, j: &Job) -> Result<Option<ConvPlan>> {
         splits: 1,
         chunks,
         phases: 0,
-        scratch: Some((scratch, "Winograd transforms")),
+        scratch: Some(((m_bytes / 4) as usize + partials, "Winograd products")),
+        transforms: Some((transforms, "Winograd transforms")),
         steps,
     }))
 }
 
 /// dW on Winograd F(3x3, 2x2) (added to the output with `accumulate`), or `None` where it does
 /// not fit: per batch chunk, the input transform of x's 4 x 4 patches (the forward's kernel),
-/// the gradient transform of dy's 2 x 2 tiles, 16 x groups GEMMs `M = U Vᵀ` reducing over the
-/// tiles, and the output transform into dW (every chunk after the first adds, in order).
+/// the gradient transform of dy's 2 x 2 tiles, the 16 x groups products `M = U Vᵀ` reducing
+/// over the tiles (the dW plan of a grouped 1x1 convolution), and the output transform into dW
+/// (every chunk after the first adds, in order).
 pub(super) fn backward_weight(
     p: &DeviceProfile,
     g: &Conv2dGeometry,
     accumulate: bool,
 ) -> Result<Option<ConvPlan>> {
-    let (cg, kg) = (g.cg(), g.kg());
+    let cg = g.cg();
     let tiles_hw = [g.oh.div_ceil(2), g.ow.div_ceil(2)];
     let per_sample = tiles_hw[0] * tiles_hw[1];
     let m_elems = XI * g.k * cg;
     let (v_unit, u_unit) = (XI * g.c * per_sample, XI * g.k * per_sample);
     let (x_unit, dy_unit) = (g.c * g.h * g.w, g.k * g.oh * g.ow);
     let max = ((p.max_binding - p.align) / 4) as usize;
+    // Transform buffer: V, then dy's U; scratch: M, then the GEMM's split partial sums.
     let m_bytes = align_up(m_elems as u64 * 4, p.align);
     let per_bytes = (v_unit + u_unit) as u64 * 4;
     let windows = [x_unit, dy_unit, v_unit, u_unit];
-    let per = samples_per_chunk(p, &windows, m_bytes, per_bytes, g.n);
+    // M, and at least one split of the GEMM stage's partial sums (the dW plan always has one).
+    let per = samples_per_chunk(p, &windows, 2 * m_bytes, per_bytes, g.n);
     if per == 0 || m_elems > max || per_sample == 0 {
         return Ok(None);
     }
-    let v_off = m_bytes;
-    let u_off = align_up(v_off + (per * v_unit) as u64 * 4, p.align);
-    let scratch = (u_off / 4) as usize + per * u_unit;
+    let u_off = align_up((per * v_unit) as u64 * 4, p.align);
+    let transforms = (u_off / 4) as usize + per * u_unit;
+    let gp = gemm_profile(p, transforms as u64 * 4 + m_bytes);
     let base = sizes!(WinogradParams {
         in_c: g.c => "input channels",
         in_h: g.h => "input rows",
@@ -291,7 +330,7 @@ pub(super) fn backward_weight(
         out_w: g.ow => "output columns",
         groups: g.groups => "groups",
         in_cg: cg => "input channels per group",
-        out_cg: kg => "output channels per group",
+        out_cg: g.kg() => "output channels per group",
         tiles_h: tiles_hw[0] => "tile rows",
         tiles_w: tiles_hw[1] => "tile columns",
         ..Default::default()
@@ -301,19 +340,21 @@ pub(super) fn backward_weight(
         base_w: to_i32_bits(-(g.padding.left as i64), "Winograd column origin")?,
         ..base
     };
-    let m_slot = scratch_slot(0, m_elems);
-    let chunks: Vec<(usize, usize)> = (0..g.n)
-        .step_by(per)
-        .map(|n0| (n0, (n0 + per).min(g.n)))
-        .collect();
+    let m_slot = scratch_slot(Role::Partial, 0, m_elems);
+    let map = [
+        (Role::X, Role::Transform, 0),
+        (Role::Dy, Role::Transform, u_off),
+        (Role::Out, Role::Partial, 0),
+        (Role::Partial, Role::Partial, m_bytes),
+    ];
+    let chunks = chunks_of(g.n, per);
+    let mut partials = 0;
     let mut steps = Vec::new();
     for (ci, &(n0, n1)) in chunks.iter().enumerate() {
         let nc = n1 - n0;
         let tiles = nc * per_sample;
         let (x_slot, in_off) = p.window(Role::X, n0 * x_unit, n1 * x_unit);
         let (dy_slot, out_off) = p.window(Role::Dy, n0 * dy_unit, n1 * dy_unit);
-        let v_slot = scratch_slot(v_off, nc * v_unit);
-        let u_slot = scratch_slot(u_off, nc * u_unit);
         let chunk = WinogradParams {
             n: nc as u32,
             tiles: to_u32(tiles, "Winograd tiles")?,
@@ -328,7 +369,7 @@ pub(super) fn backward_weight(
                 total: to_u32(inputs, "input transforms")?,
                 ..chunk
             },
-            vec![x_slot, v_slot],
+            vec![x_slot, scratch_slot(Role::Transform, 0, nc * v_unit)],
             inputs,
         ));
         let grads = nc * g.k * per_sample;
@@ -338,15 +379,16 @@ pub(super) fn backward_weight(
                 total: to_u32(grads, "gradient transforms")?,
                 ..chunk
             },
-            vec![dy_slot, u_slot],
+            vec![dy_slot, scratch_slot(Role::Transform, u_off, nc * u_unit)],
             grads,
         ));
-        steps.push(batched_gemm(
-            [kg, cg, tiles],
-            true,
-            XI * g.groups,
-            [u_slot, v_slot, m_slot],
-        )?);
+        let Ok(gemm) =
+            conv2d_backward_weight(&gp, &gemm_geometry(g.c, g.k, g.groups, tiles), false)
+        else {
+            return Ok(None);
+        };
+        partials = partials.max(gemm.scratch.map_or(0, |s| s.0));
+        steps.extend(moved(gemm.steps, &map));
         let pairs = g.k * cg;
         steps.push(Step::new(
             Kernel::WinogradDwOutput,
@@ -365,7 +407,8 @@ pub(super) fn backward_weight(
         splits: 1,
         chunks,
         phases: 0,
-        scratch: Some((scratch, "Winograd transforms")),
+        scratch: Some(((m_bytes / 4) as usize + partials, "Winograd products")),
+        transforms: Some((transforms, "Winograd transforms")),
         steps,
     }))
 }
