@@ -12,7 +12,10 @@ pub mod reference;
 pub mod spec;
 
 pub use error::{Error, Result};
-pub use gpu::{Algorithm, Gpu, GpuBuilder, GpuCounters, IndexTensor, PoolStats, Recorder, Tensor};
+pub use gpu::{
+    Algorithm, Gpu, GpuBuilder, GpuCounters, IndexTensor, PoolStats, Recorder, Tensor, TuneKey,
+    TunedEntry, TunedOp,
+};
 pub use spec::{Conv2dGeometry, Conv2dSpec, Padding2d, Pool2dGeometry, Pool2dSpec};
 
 /// The README's examples, compiled as doc tests.

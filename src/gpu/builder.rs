@@ -38,10 +38,13 @@ pub struct GpuBuilder {
     runtime_checks: Option<bool>,
     split_target: Option<usize>,
     max_workspace_bytes: Option<u64>,
+    autotune: Option<bool>,
+    tuning_file: Option<std::path::PathBuf>,
 }
 
 /// Which conv kernels the ops run.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Algorithm {
     /// The first kernels: one invocation per output element, loops over the window.
     Direct,
@@ -149,6 +152,31 @@ impl GpuBuilder {
     /// binding). See [`Gpu::conv2d_workspace_bytes`].
     pub fn max_workspace_bytes(mut self, bytes: u64) -> Self {
         self.max_workspace_bytes = Some(bytes);
+        self
+    }
+
+    /// Times the candidate plans (algorithms and tiles) of each conv geometry the first time an
+    /// op meets it, and keeps the fastest for the rest of the context's life, like
+    /// `torch.backends.cudnn.benchmark` (overrides `WGCONV_TUNE=0|1`; off by default). The
+    /// measurement runs eagerly on the op's inputs (inside a recorder too) into scratch outputs;
+    /// results can differ in the last bits from the default plans. [`Gpu::save_tuning`] writes
+    /// the choices; [`GpuBuilder::tuning_file`] loads them.
+    ///
+    /// [`Gpu::save_tuning`]: crate::Gpu::save_tuning
+    pub fn autotune(mut self, on: bool) -> Self {
+        self.autotune = Some(on);
+        self
+    }
+
+    /// Loads tuned choices from a JSON file written by [`Gpu::save_tuning`] (overrides
+    /// `WGCONV_TUNING_FILE`): every geometry in it gets its saved plan, so the run is
+    /// bit-reproducible; others get the default plans (or are measured with
+    /// [`GpuBuilder::autotune`]). `build` fails naming the file if it cannot be read or parsed,
+    /// or names a tile this adapter cannot run.
+    ///
+    /// [`Gpu::save_tuning`]: crate::Gpu::save_tuning
+    pub fn tuning_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.tuning_file = Some(path.into());
         self
     }
 
@@ -279,6 +307,20 @@ impl GpuBuilder {
             mapped_at_creation: false,
         });
         let checked = settings.checked;
+        let tuning_file = self.tuning_file.clone().or_else(|| {
+            std::env::var_os("WGCONV_TUNING_FILE")
+                .filter(|v| !v.is_empty())
+                .map(Into::into)
+        });
+        let tuner = super::tune::Tuner {
+            measure: self.autotune.unwrap_or_else(|| {
+                std::env::var("WGCONV_TUNE").is_ok_and(|v| !v.is_empty() && v != "0")
+            }),
+            entries: std::sync::Mutex::new(match &tuning_file {
+                Some(path) => super::tune::Tuner::load(path, &profile)?,
+                None => Default::default(),
+            }),
+        };
         Ok(Gpu {
             id: NEXT_GPU_ID.fetch_add(1, Ordering::Relaxed),
             device,
@@ -301,6 +343,7 @@ impl GpuBuilder {
             encoded_checks: Mutex::new(Vec::new()),
             runtime_checks: settings.runtime_checks,
             profile,
+            tuner,
         })
     }
 }

@@ -5,9 +5,10 @@
 
 use super::check::OpCall;
 use super::output::Out;
-use super::plan::{self, ConvPlan};
+use super::plan::{self, ConvPlan, DeviceProfile};
 use super::submit::{Buffers, Sink};
 use super::tensor::dims4;
+use super::tune::{TuneKey, TunedOp, tuned_plan};
 use super::{Gpu, IndexTensor, Tensor};
 use crate::error::{Result, mismatch};
 use crate::spec::Conv2dSpec;
@@ -88,7 +89,7 @@ impl Gpu {
             let bias = bias.map(|b| &b.raw);
             self.conv2d_forward_bands(sink, &g, &x.raw, &w.raw, bias, &y)?;
         } else if g.n > 0 {
-            let plan = plan::conv2d_forward(&self.profile, &g, bias.is_some())?;
+            let has_bias = bias.is_some();
             let buffers = Buffers {
                 x: Some(&x.raw),
                 w: Some(&w.raw),
@@ -96,6 +97,9 @@ impl Gpu {
                 out: Some(&y),
                 ..Default::default()
             };
+            let key = TuneKey::new(TunedOp::Forward, &g, has_bias);
+            let plan_of = |p: &DeviceProfile| plan::conv2d_forward(p, &g, has_bias);
+            let plan = tuned_plan(self, key, &plan_of, &buffers, y.len)?;
             self.run_conv(sink, OP, &plan, buffers)?;
         }
         let call = OpCall::ConvForward {
@@ -128,13 +132,15 @@ impl Gpu {
             self.conv2d_backward_input_bands(sink, &g, &dy.raw, &w.raw, &dx, accumulate)?;
         } else if g.n > 0 {
             let accumulate = matches!(out, Out::Accumulate(_));
-            let plan = plan::conv2d_backward_input(&self.profile, &g, accumulate)?;
             let buffers = Buffers {
                 dy: Some(&dy.raw),
                 w: Some(&w.raw),
                 out: Some(&dx),
                 ..Default::default()
             };
+            let key = TuneKey::new(TunedOp::BackwardInput, &g, accumulate);
+            let plan_of = |p: &DeviceProfile| plan::conv2d_backward_input(p, &g, accumulate);
+            let plan = tuned_plan(self, key, &plan_of, &buffers, dx.len)?;
             self.run_conv(sink, OP, &plan, buffers)?;
         }
         let call = OpCall::ConvBackwardInput {
@@ -166,13 +172,15 @@ impl Gpu {
         if g.n > 0 && !plan::sample_fits(&self.profile, &conv_units(&g)) {
             self.conv2d_backward_weight_bands(sink, &g, &x.raw, &dy.raw, &dw, accumulate)?;
         } else {
-            let plan = plan::conv2d_backward_weight(&self.profile, &g, accumulate)?;
             let buffers = Buffers {
                 x: Some(&x.raw),
                 dy: Some(&dy.raw),
                 out: Some(&dw),
                 ..Default::default()
             };
+            let key = TuneKey::new(TunedOp::BackwardWeight, &g, accumulate);
+            let plan_of = |p: &DeviceProfile| plan::conv2d_backward_weight(p, &g, accumulate);
+            let plan = tuned_plan(self, key, &plan_of, &buffers, dw.len)?;
             self.run_conv(sink, OP, &plan, buffers)?;
         }
         let call = OpCall::ConvBackwardWeight {

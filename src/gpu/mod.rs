@@ -27,6 +27,7 @@ mod recorder;
 mod submit;
 mod tensor;
 mod timing;
+mod tune;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -44,6 +45,7 @@ use submit::Counters;
 pub use submit::GpuCounters;
 pub use tensor::{IndexTensor, Tensor};
 use timing::Profiler;
+pub use tune::{TuneKey, TunedEntry, TunedOp};
 
 use crate::error::Result;
 
@@ -79,6 +81,8 @@ pub struct Gpu {
     runtime_checks: bool,
     /// What the plans know of the device and the options.
     profile: DeviceProfile,
+    /// The opt-in tuner's state.
+    tuner: tune::Tuner,
 }
 
 impl std::fmt::Debug for Gpu {

@@ -58,7 +58,7 @@ pub(crate) struct Counters {
 
 /// The buffers a plan's [`Role`]s stand for in one op call; a role without a tensor binds the
 /// placeholder (a kernel's optional input that is absent).
-#[derive(Default)]
+#[derive(Default, Clone, Copy)]
 pub(crate) struct Buffers<'a> {
     pub x: Option<&'a Raw>,
     pub w: Option<&'a Raw>,

@@ -88,6 +88,16 @@ struct Cli {
     /// GPU only.
     #[arg(long, default_value_t = 200, value_name = "OPS")]
     chain: usize,
+    /// Autotune (measure the candidate plans of each conv layer on its first call, keep the
+    /// fastest; as `WGCONV_TUNE=1`). GPU only.
+    #[arg(long)]
+    tune: bool,
+    /// Load tuned choices from this JSON file (as `WGCONV_TUNING_FILE`). GPU only.
+    #[arg(long, value_name = "PATH")]
+    tuning_file: Option<PathBuf>,
+    /// After the suite, write the tuner's choices to this JSON file. GPU only.
+    #[arg(long, value_name = "PATH")]
+    save_tuning: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -168,10 +178,14 @@ fn run(cli: &Cli) -> wgconv::Result<ExitCode> {
     let mut host_chain = None;
     let (adapter, results) = match cli.device {
         Device::Gpu => {
-            let gpu = Gpu::builder()
-                .checked(false)
-                .poison_outputs(false)
-                .build()?;
+            let mut builder = Gpu::builder().checked(false).poison_outputs(false);
+            if cli.tune {
+                builder = builder.autotune(true);
+            }
+            if let Some(path) = &cli.tuning_file {
+                builder = builder.tuning_file(path);
+            }
+            let gpu = builder.build()?;
             let info = gpu.adapter_info();
             let adapter = Adapter {
                 name: info.name.clone(),
@@ -189,6 +203,14 @@ fn run(cli: &Cli) -> wgconv::Result<ExitCode> {
             if cli.chain > 0 {
                 eprintln!("wgconv-bench: timing the host chain of {} convs", cli.chain);
                 host_chain = Some(chain::run(&gpu, cli.chain, cfg.repeats, cli.seed)?);
+            }
+            if let Some(path) = &cli.save_tuning {
+                gpu.save_tuning(path)?;
+                eprintln!(
+                    "wgconv-bench: {} tuned choices written to {}",
+                    gpu.tuning().len(),
+                    path.display()
+                );
             }
             (adapter, results)
         }

@@ -4,7 +4,7 @@
 /// Tile shape of the implicit-GEMM conv kernels: a workgroup computes a `bm x bn` output tile,
 /// stepping `bk` reduction elements at a time; each invocation owns a `tm x tn` register block
 /// (4 or 8 each), so a workgroup has `(bm / tm) * (bn / tn)` invocations.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Tile {
     /// Tile rows (output pixels for forward and dx, output channels for dW).
     pub bm: u32,
