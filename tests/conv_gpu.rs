@@ -382,3 +382,85 @@ fn tiled_layers() {
         }
     }
 }
+
+/// dx of few-channel layers with the kernel taps along the GEMM's columns (`taps_dx`, off by
+/// default): the stem's shape, one channel, groups with dilation, chunked at a small binding,
+/// accumulated; against the reference.
+#[test]
+fn few_channel_dx_by_taps() {
+    use wgconv::gpu::kernels::Kernel;
+    use wgconv::gpu::plan;
+    let cases: [(usize, [usize; 4], [usize; 4], Conv2dSpec); 4] = [
+        (
+            1 << 30,
+            [2, 3, 20, 20],
+            [16, 3, 7, 7],
+            Conv2dSpec::default()
+                .with_stride([2, 2])
+                .with_padding(Padding2d::symmetric(3, 3)),
+        ),
+        (1 << 30, [1, 1, 9, 9], [8, 1, 3, 3], Conv2dSpec::default()),
+        (
+            1 << 30,
+            [1, 4, 10, 10],
+            [16, 2, 3, 3],
+            Conv2dSpec::default()
+                .with_groups(2)
+                .with_dilation([2, 1])
+                .with_padding(Padding2d::symmetric(1, 1)),
+        ),
+        (
+            8192,
+            [4, 3, 6, 6],
+            [8, 3, 3, 3],
+            Conv2dSpec::default().with_padding(Padding2d::symmetric(1, 1)),
+        ),
+    ];
+    let mut rng = Rng::new(1234);
+    for (i, (binding, xs, ws, spec)) in cases.into_iter().enumerate() {
+        let gpu = fresh(
+            Gpu::builder()
+                .taps_dx(true)
+                .max_binding_bytes(binding as u64),
+        );
+        let g = spec.forward_geometry(xs, ws).unwrap();
+        let p = plan::conv2d_backward_input(gpu.profile(), &g, false).unwrap();
+        assert!(
+            p.steps.iter().any(|s| s.kernel == Kernel::Conv2dCol2im),
+            "case {i} runs by taps"
+        );
+        if binding < 1 << 30 {
+            assert!(p.chunks.len() > 1, "case {i} chunked: {:?}", p.chunks);
+        }
+        let (x, w) = (rng.array4_f32(xs), rng.array4_f32(ws));
+        check_conv(&gpu, &format!("taps case {i}"), &x, &w, None, &spec);
+        // dx += by taps.
+        let dy = rng.array4_f32(g.y_shape());
+        let start = ndarray::Array4::from_elem(xs, 0.75f32);
+        let mut gdx = gpu.upload(&start).unwrap();
+        let (gdy, gw) = (gpu.upload(&dy).unwrap(), gpu.upload(&w).unwrap());
+        gpu.conv2d_backward_input_accumulate(&gdy, &gw, &spec, &mut gdx)
+            .unwrap();
+        let want = wgconv::reference::conv2d_backward_input(
+            f64s(&dy).view(),
+            f64s(&w).view(),
+            [xs[2], xs[3]],
+            &spec,
+        )
+        .unwrap()
+            + 0.75;
+        close(&dl(&gpu, &gdx), &want, &format!("taps case {i}: dx +="));
+    }
+    // Off by default.
+    let g = cases_default();
+    let p = plan::conv2d_backward_input(common::gpu().profile(), &g, false).unwrap();
+    assert!(!p.steps.iter().any(|s| s.kernel == Kernel::Conv2dCol2im));
+}
+
+fn cases_default() -> wgconv::Conv2dGeometry {
+    Conv2dSpec::default()
+        .with_stride([2, 2])
+        .with_padding(Padding2d::symmetric(3, 3))
+        .forward_geometry([2, 3, 20, 20], [16, 3, 7, 7])
+        .unwrap()
+}

@@ -331,3 +331,31 @@ fn winograd_is_chosen_only_when_asked_and_where_it_applies() {
         ConvAlgorithm::Winograd
     );
 }
+
+#[test]
+fn few_channel_dx_runs_by_taps_on_cpu_drivers_only() {
+    let stem = geometry(
+        [32, 3, 224, 224],
+        [64, 3, 7, 7],
+        Conv2dSpec::default()
+            .with_stride([2, 2])
+            .with_padding(Padding2d::symmetric(3, 3)),
+    );
+    assert!(plan::backward_input_by_taps(&profile(true), &stem));
+    assert!(
+        !plan::backward_input_by_taps(&profile(false), &stem),
+        "GPU: not measured yet"
+    );
+    let on = DeviceProfile {
+        taps_dx: true,
+        ..profile(false)
+    };
+    assert!(plan::backward_input_by_taps(&on, &stem));
+    // Many channels, one tap, or too few output channels to stage: the stride phases.
+    let wide = geometry([1, 64, 8, 8], [64, 64, 3, 3], Conv2dSpec::default());
+    let one_tap = geometry([1, 3, 8, 8], [64, 3, 1, 1], Conv2dSpec::default());
+    let few_k = geometry([1, 3, 8, 8], [4, 3, 3, 3], Conv2dSpec::default());
+    for g in [wide, one_tap, few_k] {
+        assert!(!plan::backward_input_by_taps(&on, &g), "{g:?}");
+    }
+}

@@ -40,6 +40,7 @@ pub struct GpuBuilder {
     max_workspace_bytes: Option<u64>,
     autotune: Option<bool>,
     tuning_file: Option<std::path::PathBuf>,
+    taps_dx: Option<bool>,
 }
 
 /// Which conv kernels the ops run.
@@ -152,6 +153,16 @@ impl GpuBuilder {
     /// binding). See [`Gpu::conv2d_workspace_bytes`].
     pub fn max_workspace_bytes(mut self, bytes: u64) -> Self {
         self.max_workspace_bytes = Some(bytes);
+        self
+    }
+
+    /// dx of layers with at most 4 input channels per group (the 3-channel stem) as a GEMM with
+    /// the kernel taps along its columns and a gather pass, instead of the stride-phase GEMM
+    /// with 3 of its 32 columns used (see `plan/dx_taps.rs`). By default on CPU drivers only
+    /// (7-8x faster there on the stem), off on GPUs until one measures it; the tuner tries
+    /// both. Overrides `WGCONV_TAPS_DX=0|1`.
+    pub fn taps_dx(mut self, on: bool) -> Self {
+        self.taps_dx = Some(on);
         self
     }
 
@@ -294,6 +305,12 @@ impl GpuBuilder {
                 split_target: self.split_target,
                 max_binding_bytes: self.max_binding_bytes,
                 max_workspace_bytes: self.max_workspace_bytes,
+                taps_dx: self.taps_dx.or_else(|| {
+                    std::env::var("WGCONV_TAPS_DX")
+                        .ok()
+                        .filter(|v| !v.is_empty())
+                        .map(|v| v != "0")
+                }),
             },
         )?;
         let pool = Arc::new(Mutex::new(Pool::new(

@@ -77,6 +77,9 @@ pub struct TunedEntry {
     pub algorithm: Algorithm,
     /// The tile chosen, if fixed.
     pub tile: Option<Tile>,
+    /// dx with the kernel taps along the GEMM's columns ([`GpuBuilder::taps_dx`](super::GpuBuilder::taps_dx)).
+    #[serde(default)]
+    pub taps_dx: bool,
     /// Its median time in milliseconds when measured here; `None` when it was the only plan.
     pub ms: Option<f64>,
 }
@@ -132,13 +135,23 @@ impl Tuner {
     }
 }
 
+/// A candidate: algorithm, tile (`None`: the rules'), dx by taps.
+type Choice = (Algorithm, Option<Tile>, bool);
+
 /// `profile` with a choice applied.
-fn with_choice(profile: &DeviceProfile, algorithm: Algorithm, tile: Option<Tile>) -> DeviceProfile {
+fn with_choice(profile: &DeviceProfile, (algorithm, tile, taps_dx): Choice) -> DeviceProfile {
     DeviceProfile {
         algorithm,
         tile: tile.unwrap_or(profile.tile),
         auto_tile: tile.is_none() && profile.auto_tile,
+        taps_dx,
         ..profile.clone()
+    }
+}
+
+impl TunedEntry {
+    fn choice(&self) -> Choice {
+        (self.algorithm, self.tile, self.taps_dx)
     }
 }
 
@@ -156,42 +169,48 @@ impl Gpu {
     ) -> Result<DeviceProfile> {
         let known = self.lock_entries().get(&key).cloned();
         if let Some(e) = known {
-            return Ok(with_choice(&self.profile, e.algorithm, e.tile));
+            return Ok(with_choice(&self.profile, e.choice()));
         }
         if !self.tuner.measure {
             return Ok(self.profile.clone());
         }
         // The candidates that plan differently, the context's own first.
-        let mut choices = vec![(self.profile.algorithm, None)];
+        let own = self.profile.taps_dx;
+        let mut choices: Vec<Choice> = vec![(self.profile.algorithm, None, own)];
         choices.extend(
             Tile::CANDIDATES
                 .iter()
                 .filter(|t| self.profile.fits(**t))
-                .map(|&t| (Algorithm::Tiled, Some(t))),
+                .map(|&t| (Algorithm::Tiled, Some(t), own)),
         );
-        choices.extend([(Algorithm::Tiled, None), (Algorithm::Winograd, None)]);
-        choices.push((Algorithm::Direct, None));
-        let mut plans: Vec<(Algorithm, Option<Tile>, ConvPlan)> = Vec::new();
-        for (algorithm, tile) in choices {
-            let Ok(plan) = plan_of(&with_choice(&self.profile, algorithm, tile)) else {
+        choices.extend([
+            (Algorithm::Tiled, None, own),
+            (Algorithm::Tiled, None, !own),
+            (Algorithm::Winograd, None, own),
+            (Algorithm::Direct, None, own),
+        ]);
+        let mut plans: Vec<(Choice, ConvPlan)> = Vec::new();
+        for choice in choices {
+            let Ok(plan) = plan_of(&with_choice(&self.profile, choice)) else {
                 continue;
             };
-            if !plans.iter().any(|(_, _, p)| p.steps == plan.steps) {
-                plans.push((algorithm, tile, plan));
+            if !plans.iter().any(|(_, p)| p.steps == plan.steps) {
+                plans.push((choice, plan));
             }
         }
+        let entry = |(algorithm, tile, taps_dx): Choice, ms| TunedEntry {
+            key: key.clone(),
+            algorithm,
+            tile,
+            taps_dx,
+            ms,
+        };
         let mut best: Option<TunedEntry> = None;
         if plans.len() == 1 {
-            let (algorithm, tile, _) = &plans[0];
-            best = Some(TunedEntry {
-                key: key.clone(),
-                algorithm: *algorithm,
-                tile: *tile,
-                ms: None,
-            });
+            best = Some(entry(plans[0].0, None));
         } else {
             let out = self.alloc(&[out_len], "tuner scratch output")?;
-            for (algorithm, tile, plan) in &plans {
+            for (choice, plan) in &plans {
                 let ms = self.time_plan(
                     plan,
                     &Buffers {
@@ -200,19 +219,14 @@ impl Gpu {
                     },
                 )?;
                 if best.as_ref().and_then(|b| b.ms).is_none_or(|b| ms < b) {
-                    best = Some(TunedEntry {
-                        key: key.clone(),
-                        algorithm: *algorithm,
-                        tile: *tile,
-                        ms: Some(ms),
-                    });
+                    best = Some(entry(*choice, Some(ms)));
                 }
             }
         }
         let best = best.ok_or_else(|| {
             Error::InvalidArgument(format!("tuner: no plan of {key:?} can be made"))
         })?;
-        let profile = with_choice(&self.profile, best.algorithm, best.tile);
+        let profile = with_choice(&self.profile, best.choice());
         self.lock_entries().insert(key, best);
         Ok(profile)
     }

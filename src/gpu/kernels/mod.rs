@@ -87,6 +87,8 @@ pub enum Kernel {
     WinogradDy,
     /// `shaders/winograd_dw_output.wgsl`: Winograd F(3x3, 2x2) output transform (dW).
     WinogradDwOutput,
+    /// `shaders/conv2d_col2im.wgsl`: dx of few-channel layers, gathering the taps a GEMM wrote.
+    Conv2dCol2im,
 }
 
 /// How a storage binding is accessed (WGSL `read` or `read_write`).
@@ -143,7 +145,7 @@ macro_rules! row {
 
 /// Every kernel, one row each, in the order of [`Kernel::row`].
 #[rustfmt::skip]
-pub static TABLE: [KernelDef; 25] = [
+pub static TABLE: [KernelDef; 26] = [
     row!("conv2d_forward", ConvParams, [Read, Read, Read, ReadWrite], PerElement),
     row!("conv2d_depthwise", ConvParams, [Read, Read, Read, ReadWrite], PerElement),
     row!("conv2d_depthwise_backward_input", ConvParams, [Read, Read, ReadWrite], PerElement),
@@ -169,14 +171,15 @@ pub static TABLE: [KernelDef; 25] = [
     row!("winograd_output", WinogradParams, [Read, Read, ReadWrite], PerElement),
     row!("winograd_dy", WinogradParams, [Read, ReadWrite], PerElement),
     row!("winograd_dw_output", WinogradParams, [Read, ReadWrite], PerElement),
+    row!("conv2d_col2im", ConvParams, [Read, ReadWrite], PerElement),
 ];
 
 /// The assembled source of each row, joined on first use.
-static SOURCES: [OnceLock<String>; 25] = [const { OnceLock::new() }; 25];
+static SOURCES: [OnceLock<String>; 26] = [const { OnceLock::new() }; 26];
 
 impl Kernel {
     /// All kernels, for validation tests and warm-up.
-    pub const ALL: [Kernel; 27] = [
+    pub const ALL: [Kernel; 28] = [
         Kernel::Conv2dForward,
         Kernel::Conv2dDepthwise,
         Kernel::Conv2dDepthwiseBackwardInput,
@@ -204,6 +207,7 @@ impl Kernel {
         Kernel::WinogradOutput,
         Kernel::WinogradDy,
         Kernel::WinogradDwOutput,
+        Kernel::Conv2dCol2im,
     ];
 
     /// The implicit-GEMM kernels specialised for a tile.
@@ -244,6 +248,7 @@ impl Kernel {
             Kernel::WinogradOutput => 22,
             Kernel::WinogradDy => 23,
             Kernel::WinogradDwOutput => 24,
+            Kernel::Conv2dCol2im => 25,
         }
     }
 

@@ -1,11 +1,12 @@
 //! Plans of conv2d forward, dx, dW and db: which kernels, tiles, splits and chunks, as the
 //! dispatches they record.
 
+use super::dx_taps;
 use super::gemm::{GemmJob, gemm_chunk, reduce_step};
 use super::phases::{Lattice, Phase, dx_phases};
 use super::rules::{
-    backward_input_uses_gemm, dw_tile, element_rows, forward_uses_gemm, gemm_tile, partial_splits,
-    reduction_splits, tiled_dw_splits, use_depthwise, use_winograd,
+    backward_input_by_taps, backward_input_uses_gemm, dw_tile, element_rows, forward_uses_gemm,
+    gemm_tile, partial_splits, reduction_splits, tiled_dw_splits, use_depthwise, use_winograd,
 };
 use super::winograd;
 use super::{DeviceProfile, Role, Slot, Step};
@@ -61,7 +62,7 @@ impl ConvPlan {
 }
 
 /// The params block of a geometry; per-chunk fields (`n`, offsets, `total`) are set by callers.
-fn conv_params(g: &Conv2dGeometry) -> Result<ConvParams> {
+pub(super) fn conv_params(g: &Conv2dGeometry) -> Result<ConvParams> {
     let p = g.padding;
     to_u32(g.h + p.top + p.bottom, "padded input height")?;
     to_u32(g.w + p.left + p.right, "padded input width")?;
@@ -217,6 +218,11 @@ pub fn conv2d_backward_input(
     p.check_bindable(w_len, "the weight")?;
     if use_winograd(p, g)
         && let Some(plan) = winograd::backward_input(p, g, accumulate)?
+    {
+        return Ok(plan);
+    }
+    if backward_input_by_taps(p, g)
+        && let Some(plan) = dx_taps::backward_input(p, g, accumulate)?
     {
         return Ok(plan);
     }

@@ -6,6 +6,7 @@
 
 mod bands;
 mod conv;
+mod dx_taps;
 mod gemm;
 mod phases;
 mod pool;

@@ -34,6 +34,10 @@ pub struct DeviceProfile {
     /// Most bytes of scratch (split-K partial sums) one op may use; plans pick fewer splits
     /// to stay within it ([`GpuBuilder::max_workspace_bytes`](crate::GpuBuilder::max_workspace_bytes)).
     pub max_workspace: u64,
+    /// dx of few-channel layers with the kernel taps along the GEMM's columns
+    /// ([`backward_input_by_taps`](super::backward_input_by_taps)). On CPU drivers by default;
+    /// off on GPUs until one measures it (the tuner tries it).
+    pub taps_dx: bool,
 }
 
 /// The options of [`GpuBuilder`](crate::GpuBuilder) that a profile takes.
@@ -49,6 +53,8 @@ pub struct ProfileOptions {
     pub max_binding_bytes: Option<u64>,
     /// See [`GpuBuilder::max_workspace_bytes`](crate::GpuBuilder::max_workspace_bytes).
     pub max_workspace_bytes: Option<u64>,
+    /// See [`GpuBuilder::taps_dx`](crate::GpuBuilder::taps_dx); `None`: on CPU drivers only.
+    pub taps_dx: Option<bool>,
 }
 
 impl DeviceProfile {
@@ -88,6 +94,9 @@ impl DeviceProfile {
             max_invocations: limits.max_compute_invocations_per_workgroup,
             max_workgroup_bytes: limits.max_compute_workgroup_storage_size,
             max_workspace: options.max_workspace_bytes.unwrap_or(u64::MAX),
+            // Measured 7-8x faster on lavapipe for the stem's dx (docs/PERF.md); a GPU's plan
+            // keeps the stride phases until one measures it.
+            taps_dx: options.taps_dx.unwrap_or(cpu),
         };
         let tile = profile.tile;
         if !profile.fits(tile) {

@@ -72,6 +72,24 @@ pub fn use_depthwise(p: &DeviceProfile, g: &Conv2dGeometry, gemm: bool) -> bool 
     !gemm && p.algorithm != Algorithm::Direct && g.cg() == 1
 }
 
+/// Most input channels per group for which dx may put the kernel taps along the GEMM's columns
+/// (`C/g · kh · kw` of them) instead of the channels (the stem's 3 of a 32- or 64-column tile).
+pub const TAPS_DX_MAX_CHANNELS: usize = 4;
+/// Fewest kernel taps worth it (the columns gained).
+pub const TAPS_DX_MIN_TAPS: usize = 4;
+
+/// Whether dx runs with the kernel taps along the GEMM's columns (`plan/dx_taps.rs`): the
+/// profile enables it ([`DeviceProfile::taps_dx`]), the tiled algorithm, at most
+/// [`TAPS_DX_MAX_CHANNELS`] input channels per group, at least [`TAPS_DX_MIN_TAPS`] taps, and
+/// a reduction (output channels per group) the GEMM stages ([`MIN_GEMM_REDUCE`]).
+pub fn backward_input_by_taps(p: &DeviceProfile, g: &Conv2dGeometry) -> bool {
+    p.taps_dx
+        && p.algorithm != Algorithm::Direct
+        && g.cg() <= TAPS_DX_MAX_CHANNELS
+        && g.kh * g.kw >= TAPS_DX_MIN_TAPS
+        && g.kg() >= MIN_GEMM_REDUCE
+}
+
 /// Whether the forward, dx and dW run on Winograd (F(2x2, 3x3), dW F(3x3, 2x2)): asked for ([`Algorithm::Winograd`]),
 /// and a 3x3 kernel with stride 1 and dilation 1 (the transforms assume both; any padding and
 /// groups), not depthwise (one channel per group: a GEMM reduction of 1, which the depthwise
