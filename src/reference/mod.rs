@@ -97,8 +97,37 @@ pub(crate) fn check_bias<A>(bias: Option<&ArrayView1<A>>, k: usize) -> Result<()
 pub use gemm::{conv2d_backward_input, conv2d_backward_weight, conv2d_forward};
 pub use pool::{avg_pool2d_backward, avg_pool2d_forward, max_pool2d_backward, max_pool2d_forward};
 
-/// db `[K]`: dy summed over N, OH and OW (in that order, per channel).
+/// db `[K]`: dy summed over N, OH and OW per channel: each plane (OH·OW, row-major) into 8
+/// running sums by position mod 8 (the vectorisable order), planes in order of N, then the 8
+/// sums pairwise; channels in parallel. Deterministic, the same on every run and thread count.
 pub fn conv2d_backward_bias<A: Element>(dy: ArrayView4<A>) -> Array1<A> {
+    use rayon::prelude::*;
+    const LANES: usize = 8;
     let k = dy.shape()[1];
-    Array1::from_shape_fn(k, |c| dy.index_axis(Axis(1), c).iter().copied().sum())
+    let sum_channel = |c: usize| -> A {
+        let mut lanes = [A::zero(); LANES];
+        for plane in dy.index_axis(Axis(1), c).outer_iter() {
+            match plane.as_slice() {
+                Some(s) => {
+                    let mut chunks = s.chunks_exact(LANES);
+                    for chunk in &mut chunks {
+                        for (l, &v) in lanes.iter_mut().zip(chunk) {
+                            *l = *l + v;
+                        }
+                    }
+                    for (l, &v) in lanes.iter_mut().zip(chunks.remainder()) {
+                        *l = *l + v;
+                    }
+                }
+                None => {
+                    for (i, &v) in plane.iter().enumerate() {
+                        lanes[i % LANES] = lanes[i % LANES] + v;
+                    }
+                }
+            }
+        }
+        let [a, b, c, d, e, f, g, h] = lanes;
+        ((a + b) + (c + d)) + ((e + f) + (g + h))
+    };
+    Array1::from_vec((0..k).into_par_iter().map(sum_channel).collect())
 }
