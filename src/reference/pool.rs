@@ -4,6 +4,7 @@
 use std::ops::Range;
 
 use ndarray::{Array4, ArrayView4};
+use rayon::iter::{IndexedParallelIterator, ParallelIterator};
 
 use super::{Element, dims4};
 use crate::error::Result;
@@ -21,28 +22,35 @@ pub fn max_pool2d_forward<A: Element>(
     let [dh, dw] = spec.dilation;
     let mut y = super::zeros4(g.y_shape(), "output")?;
     let mut idx = super::zeros4(g.y_shape(), "indices")?;
-    for n in 0..g.n {
-        for c in 0..g.c {
-            for oh in 0..g.oh {
-                let (h0, h1) = g.max_window(0, oh);
-                for ow in 0..g.ow {
-                    let (w0, w1) = g.max_window(1, ow);
-                    let mut best = A::neg_infinity();
-                    let mut at = h0 * g.w + w0;
-                    for ih in (h0..h1).step_by(dh) {
-                        for iw in (w0..w1).step_by(dw) {
-                            let v = x[[n, c, ih, iw]];
-                            if v > best || v.is_nan() {
-                                best = v;
-                                at = ih * g.w + iw;
+    let x = x.as_standard_layout();
+    let xs = x.as_slice().expect("standard layout");
+    let (in_plane, out_plane) = (g.h * g.w, g.oh * g.ow);
+    if out_plane > 0 {
+        planes(&mut y)
+            .zip(planes(&mut idx))
+            .enumerate()
+            .for_each(|(p, (yp, ip))| {
+                let xp = &xs[p * in_plane..(p + 1) * in_plane];
+                for oh in 0..g.oh {
+                    let (h0, h1) = g.max_window(0, oh);
+                    for ow in 0..g.ow {
+                        let (w0, w1) = g.max_window(1, ow);
+                        let mut best = A::neg_infinity();
+                        let mut at = h0 * g.w + w0;
+                        for ih in (h0..h1).step_by(dh) {
+                            for iw in (w0..w1).step_by(dw) {
+                                let v = xp[ih * g.w + iw];
+                                if v > best || v.is_nan() {
+                                    best = v;
+                                    at = ih * g.w + iw;
+                                }
                             }
                         }
+                        yp[oh * g.ow + ow] = best;
+                        ip[oh * g.ow + ow] = at as u32;
                     }
-                    y[[n, c, oh, ow]] = best;
-                    idx[[n, c, oh, ow]] = at as u32;
                 }
-            }
-        }
+            });
     }
     Ok((y, idx))
 }
@@ -61,38 +69,63 @@ pub fn max_pool2d_backward<A: Element>(
     let g = spec.max_backward_geometry(dims4(&dy), indices.shape(), input_hw)?;
     let plane = g.h * g.w;
     let mut dx = super::zeros4(g.x_shape(), "dx")?;
-    for ((n, c, oh, ow), &i) in indices.indexed_iter() {
-        let i = i as usize;
-        let (row, col) = (i / g.w.max(1), i % g.w.max(1));
-        let (r0, r1) = g.max_span(0, oh);
-        let (c0, c1) = g.max_span(1, ow);
-        if i < plane && (r0..r1).contains(&row) && (c0..c1).contains(&col) {
-            dx[[n, c, row, col]] += dy[[n, c, oh, ow]];
-        }
+    let (dy, indices) = (dy.as_standard_layout(), indices.as_standard_layout());
+    let (dys, is) = (
+        dy.as_slice().expect("standard layout"),
+        indices.as_slice().expect("standard layout"),
+    );
+    let out_plane = g.oh * g.ow;
+    if plane > 0 {
+        planes(&mut dx).enumerate().for_each(|(p, dxp)| {
+            for oh in 0..g.oh {
+                let (r0, r1) = g.max_span(0, oh);
+                for ow in 0..g.ow {
+                    let o = p * out_plane + oh * g.ow + ow;
+                    let i = is[o] as usize;
+                    let (row, col) = (i / g.w.max(1), i % g.w.max(1));
+                    let (c0, c1) = g.max_span(1, ow);
+                    if i < plane && (r0..r1).contains(&row) && (c0..c1).contains(&col) {
+                        dxp[i] += dys[o];
+                    }
+                }
+            }
+        });
     }
     Ok(dx)
 }
 
-/// Calls `f([n, c, oh, ow], rows, cols, divisor)` for every window of an average pool, in output
-/// order: `rows` and `cols` are the window clipped to the input, `divisor` PyTorch's.
+/// Calls `f(plane, out, [oh, ow], rows, cols, divisor)` for every window of an average pool,
+/// planes in parallel (`out`: that plane of the result, the pool's output or, backward, dx) and
+/// in output order inside a plane: `rows` and `cols` are the window clipped to the input, `divisor` PyTorch's.
 fn for_each_avg_window<A: Element>(
     g: &Pool2dGeometry,
     count_include_pad: bool,
-    mut f: impl FnMut([usize; 4], Range<usize>, Range<usize>, A),
+    out: &mut Array4<A>,
+    f: impl Fn(usize, &mut [A], [usize; 2], Range<usize>, Range<usize>, A) + Sync,
 ) {
-    for n in 0..g.n {
-        for c in 0..g.c {
-            for oh in 0..g.oh {
-                let (h0, h1, _) = g.avg_window(0, oh);
-                for ow in 0..g.ow {
-                    let (w0, w1, _) = g.avg_window(1, ow);
-                    let div = g.avg_divisor(oh, ow, count_include_pad);
-                    let div = A::from(div).expect("divisor fits a float");
-                    f([n, c, oh, ow], h0..h1, w0..w1, div);
-                }
+    if out.is_empty() {
+        return;
+    }
+    planes(out).enumerate().for_each(|(p, plane)| {
+        for oh in 0..g.oh {
+            let (h0, h1, _) = g.avg_window(0, oh);
+            for ow in 0..g.ow {
+                let (w0, w1, _) = g.avg_window(1, ow);
+                let div = g.avg_divisor(oh, ow, count_include_pad);
+                let div = A::from(div).expect("divisor fits a float");
+                f(p, plane, [oh, ow], h0..h1, w0..w1, div);
             }
         }
-    }
+    });
+}
+
+/// The planes (`[n, c]` slices, contiguous) of a result in standard layout, in parallel.
+fn planes<T: Send>(a: &mut Array4<T>) -> rayon::slice::ChunksMut<'_, T> {
+    use rayon::prelude::*;
+    let len = a.shape()[2] * a.shape()[3];
+    a.as_slice_mut()
+        .expect("results are in standard layout")
+        .par_chunks_mut(len.max(1))
 }
 
 /// Average pool with zero padding: the window's sum over PyTorch's divisor.
@@ -103,17 +136,22 @@ pub fn avg_pool2d_forward<A: Element>(
 ) -> Result<Array4<A>> {
     let g = spec.avg_geometry(dims4(&x))?;
     let mut y = super::zeros4(g.y_shape(), "output")?;
+    let x = x.as_standard_layout();
+    let xs = x.as_slice().expect("standard layout");
+    let in_plane = g.h * g.w;
     for_each_avg_window(
         &g,
         count_include_pad,
-        |[n, c, oh, ow], rows, cols, div: A| {
+        &mut y,
+        |p, yp, [oh, ow], rows, cols, div: A| {
+            let xp = &xs[p * in_plane..(p + 1) * in_plane];
             let mut sum = A::zero();
             for ih in rows {
                 for iw in cols.clone() {
-                    sum += x[[n, c, ih, iw]];
+                    sum += xp[ih * g.w + iw];
                 }
             }
-            y[[n, c, oh, ow]] = sum / div;
+            yp[oh * g.ow + ow] = sum / div;
         },
     );
     Ok(y)
@@ -128,14 +166,18 @@ pub fn avg_pool2d_backward<A: Element>(
 ) -> Result<Array4<A>> {
     let g = spec.backward_geometry(dims4(&dy), input_hw, true)?;
     let mut dx = super::zeros4(g.x_shape(), "dx")?;
+    let dy = dy.as_standard_layout();
+    let dys = dy.as_slice().expect("standard layout");
+    let out_plane = g.oh * g.ow;
     for_each_avg_window(
         &g,
         count_include_pad,
-        |[n, c, oh, ow], rows, cols, div: A| {
-            let v = dy[[n, c, oh, ow]] / div;
+        &mut dx,
+        |p, dxp, [oh, ow], rows, cols, div: A| {
+            let v = dys[p * out_plane + oh * g.ow + ow] / div;
             for ih in rows {
                 for iw in cols.clone() {
-                    dx[[n, c, ih, iw]] += v;
+                    dxp[ih * g.w + iw] += v;
                 }
             }
         },
