@@ -112,16 +112,16 @@ pub fn conv2d_backward_bias<A: Element>(dy: ArrayView4<A>) -> Array1<A> {
                     let mut chunks = s.chunks_exact(LANES);
                     for chunk in &mut chunks {
                         for (l, &v) in lanes.iter_mut().zip(chunk) {
-                            *l = *l + v;
+                            *l += v;
                         }
                     }
                     for (l, &v) in lanes.iter_mut().zip(chunks.remainder()) {
-                        *l = *l + v;
+                        *l += v;
                     }
                 }
                 None => {
                     for (i, &v) in plane.iter().enumerate() {
-                        lanes[i % LANES] = lanes[i % LANES] + v;
+                        lanes[i % LANES] += v;
                     }
                 }
             }
