@@ -383,8 +383,8 @@ fn tiled_layers() {
     }
 }
 
-/// dx of few-channel layers with the kernel taps along the GEMM's columns (`taps_dx`, off by
-/// default): the stem's shape, one channel, groups with dilation, chunked at a small binding,
+/// dx of few-channel layers with the kernel taps along the GEMM's columns (`taps_dx`; by
+/// default on CPU drivers only): the stem's shape, one channel, groups with dilation, chunked at a small binding,
 /// accumulated; against the reference.
 #[test]
 fn few_channel_dx_by_taps() {
@@ -451,10 +451,12 @@ fn few_channel_dx_by_taps() {
             + 0.75;
         close(&dl(&gpu, &gdx), &want, &format!("taps case {i}: dx +="));
     }
-    // Off by default.
+    // By default on CPU drivers only.
     let g = cases_default();
-    let p = plan::conv2d_backward_input(common::gpu().profile(), &g, false).unwrap();
-    assert!(!p.steps.iter().any(|s| s.kernel == Kernel::Conv2dCol2im));
+    let profile = common::gpu().profile();
+    let p = plan::conv2d_backward_input(profile, &g, false).unwrap();
+    let by_taps = p.steps.iter().any(|s| s.kernel == Kernel::Conv2dCol2im);
+    assert_eq!(by_taps, profile.cpu, "by taps by default on CPU drivers only");
 }
 
 fn cases_default() -> wgconv::Conv2dGeometry {
