@@ -456,7 +456,10 @@ fn few_channel_dx_by_taps() {
     let profile = common::gpu().profile();
     let p = plan::conv2d_backward_input(profile, &g, false).unwrap();
     let by_taps = p.steps.iter().any(|s| s.kernel == Kernel::Conv2dCol2im);
-    assert_eq!(by_taps, profile.cpu, "by taps by default on CPU drivers only");
+    assert_eq!(
+        by_taps, profile.cpu,
+        "by taps by default on CPU drivers only"
+    );
 }
 
 fn cases_default() -> wgconv::Conv2dGeometry {

@@ -1,5 +1,6 @@
 //! The fast path: im2col + GEMM for forward and dW, GEMM + col2im for dx, parallel over the
-//! batch with rayon, matrix products by ndarray (matrixmultiply's packed kernels).
+//! batch with rayon, matrix products by ndarray (matrixmultiply's packed kernels); layers with
+//! one input channel per group (depthwise) by row-wise taps per plane (`depthwise.rs`).
 //!
 //! Per sample and group the convolution is one matrix product: the column matrix `col` holds,
 //! for every `(c, i, j)` kernel tap (rows) and every output position (columns), the input
@@ -98,6 +99,17 @@ pub fn conv2d_forward<A: Element>(
     let wm = weight_matrix(&g, &w);
     let (cg, kg, taps, pix) = (g.cg(), g.kg(), g.cg() * g.kh * g.kw, g.oh * g.ow);
     let mut y = super::zeros4(g.y_shape(), "output")?;
+    if cg == 1 {
+        if let Some(b) = &bias {
+            y.axis_iter_mut(Axis(1))
+                .zip(b.iter())
+                .for_each(|(mut yk, &bv)| yk.fill(bv));
+        }
+        let w = w.as_standard_layout();
+        let (xs, ws) = (x.as_slice(), w.as_slice());
+        super::depthwise::forward(&g, xs.expect("standard"), ws.expect("standard"), &mut y);
+        return Ok(y);
+    }
     super::host_bytes::<A>(&[taps, pix], "im2col matrix")?;
     y.outer_iter_mut()
         .into_par_iter()
@@ -146,6 +158,17 @@ pub fn conv2d_backward_input<A: Element>(
     let (cg, kg, taps, pix) = (g.cg(), g.kg(), g.cg() * g.kh * g.kw, g.oh * g.ow);
     let group_len = cg * g.h * g.w;
     let mut dx = super::zeros4(g.x_shape(), "dx")?;
+    if cg == 1 {
+        let w = w.as_standard_layout();
+        let (dys, ws) = (dy.as_slice(), w.as_slice());
+        super::depthwise::backward_input(
+            &g,
+            dys.expect("standard"),
+            ws.expect("standard"),
+            &mut dx,
+        );
+        return Ok(dx);
+    }
     super::host_bytes::<A>(&[taps, pix], "im2col matrix")?;
     dx.outer_iter_mut()
         .into_par_iter()
@@ -192,6 +215,14 @@ pub fn conv2d_backward_weight<A: Element>(
     let mut dw = super::zeros4::<A>(g.w_shape(), "dW")?
         .into_shape_with_order((g.k, taps))
         .expect("standard layout");
+    if cg == 1 {
+        let (xs, dys) = (x.as_slice(), dy.as_slice());
+        let dws = dw.as_slice_mut().expect("fresh array is standard layout");
+        super::depthwise::backward_weight(&g, xs.expect("standard"), dys.expect("standard"), dws);
+        return Ok(dw
+            .into_shape_with_order(g.w_shape())
+            .expect("standard layout"));
+    }
     super::host_bytes::<A>(&[taps, pix], "im2col matrix")?;
     let partials: Vec<Array2<A>> = (0..g.n.div_ceil(DW_CHUNK))
         .into_par_iter()

@@ -18,6 +18,7 @@
 //! assert_eq!(y[[0, 0, 1, 1]], 9.0);
 //! ```
 
+mod depthwise;
 pub mod direct;
 pub mod gemm;
 pub mod nn;

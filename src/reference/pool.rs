@@ -75,17 +75,19 @@ pub fn max_pool2d_backward<A: Element>(
         indices.as_slice().expect("standard layout"),
     );
     let out_plane = g.oh * g.ow;
+    // The windows' column spans, the same for every row and plane.
+    let col_spans: Vec<(usize, usize)> = (0..g.ow).map(|ow| g.max_span(1, ow)).collect();
     if plane > 0 {
         planes(&mut dx).enumerate().for_each(|(p, dxp)| {
             for oh in 0..g.oh {
                 let (r0, r1) = g.max_span(0, oh);
-                for ow in 0..g.ow {
-                    let o = p * out_plane + oh * g.ow + ow;
-                    let i = is[o] as usize;
-                    let (row, col) = (i / g.w.max(1), i % g.w.max(1));
-                    let (c0, c1) = g.max_span(1, ow);
+                let row0 = p * out_plane + oh * g.ow;
+                let (idx_row, dy_row) = (&is[row0..row0 + g.ow], &dys[row0..row0 + g.ow]);
+                for ((&i, &v), &(c0, c1)) in idx_row.iter().zip(dy_row).zip(&col_spans) {
+                    let i = i as usize;
+                    let (row, col) = (i / g.w, i % g.w);
                     if i < plane && (r0..r1).contains(&row) && (c0..c1).contains(&col) {
-                        dxp[i] += dys[o];
+                        dxp[i] += v;
                     }
                 }
             }
