@@ -103,7 +103,7 @@ impl Gpu {
         let a = self.alloc(&[sizes[0]], "band of input rows")?;
         let b = self.alloc(&[sizes[1]], "band of output rows")?;
         let bytes = (sizes[0] + sizes[1]) as u64 * 4;
-        Ok((a, b, plan::band_profile(&self.profile, bytes)))
+        Ok((a, b, self.profile.less_workspace(bytes)))
     }
 
     /// The forward of a sample larger than a binding: per sample and band, x's rows in, the
@@ -290,7 +290,7 @@ impl Gpu {
         let ranges = plan::row_ranges(&self.profile, [k, oh, ow])?;
         let most = ranges.iter().map(|&(a, b)| b - a).max().unwrap_or(0);
         let band = self.alloc(&[k * most * ow], "band of dy rows")?;
-        let profile = plan::band_profile(&self.profile, band.bytes());
+        let profile = self.profile.less_workspace(band.bytes());
         let dys = Planes {
             raw: dy,
             channels: k,

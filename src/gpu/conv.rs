@@ -422,7 +422,7 @@ impl Gpu {
             let ranges = plan::row_ranges(p, [g.k, g.oh, g.ow])?;
             let most = ranges.iter().map(|&(a, b)| b - a).max().unwrap_or(0);
             let band = (g.k * most * g.ow) as u64 * 4;
-            let sub = plan::band_profile(p, band);
+            let sub = p.less_workspace(band);
             let plan = plan::conv2d_backward_bias(&sub, [1, g.k, most, g.ow], true)?;
             return Ok(Some(band + scratch(plan)));
         }
@@ -433,7 +433,7 @@ impl Gpu {
         };
         let [a, b] = plan::band_sizes(&bands);
         let bytes = (a + b) as u64 * 4;
-        let sub = plan::band_profile(p, bytes);
+        let sub = p.less_workspace(bytes);
         let mut most = 0;
         for band in &bands {
             let bg = &band.geometry;

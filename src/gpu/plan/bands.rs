@@ -11,6 +11,7 @@
 //! sample has padding.
 
 use super::DeviceProfile;
+use super::profile::chunks_of;
 use crate::error::{Error, Result};
 use crate::spec::Conv2dGeometry;
 
@@ -26,15 +27,11 @@ pub struct RowBand {
     pub out_rows: (usize, usize),
 }
 
-/// Elements one binding holds, with the slack of an aligned window.
-fn binding_elems(p: &DeviceProfile) -> usize {
-    ((p.max_binding - p.align) / 4) as usize
-}
-
 /// Elements of one band tensor: within a binding, and the band tensors (two) within half the
-/// workspace bound (the band's own plan gets the rest: [`band_profile`]).
+/// workspace bound (the band's own plan gets the rest, `DeviceProfile::less_workspace`).
 fn band_elems(p: &DeviceProfile) -> usize {
-    binding_elems(p).min(usize::try_from(p.max_workspace / 16).unwrap_or(usize::MAX))
+    p.binding_elems()
+        .min(usize::try_from(p.max_workspace / 16).unwrap_or(usize::MAX))
 }
 
 /// The elements of the two band tensors, input `[1, C, rows, W]` and output `[1, K, rows, OW]`:
@@ -46,18 +43,10 @@ pub fn band_sizes(bands: &[RowBand]) -> [usize; 2] {
     })
 }
 
-/// The profile a band's plan runs with: the workspace bound less the band tensors' bytes.
-pub fn band_profile(p: &DeviceProfile, band_bytes: u64) -> DeviceProfile {
-    DeviceProfile {
-        max_workspace: p.max_workspace.saturating_sub(band_bytes),
-        ..p.clone()
-    }
-}
-
 /// Whether one sample of each tensor (`(elements per sample, name)`) fits one binding: then the
 /// batch is chunked as usual and no sample is cut into bands.
 pub fn sample_fits(p: &DeviceProfile, units: &[(usize, &str)]) -> bool {
-    units.iter().all(|&(u, _)| u <= binding_elems(p))
+    units.iter().all(|&(u, _)| u <= p.binding_elems())
 }
 
 /// Rows of the padded input a window spans: `(kh - 1) * dilation + 1`.
@@ -110,7 +99,7 @@ fn forward_reach(g: &Conv2dGeometry, o0: usize, o1: usize) -> (usize, usize) {
 }
 
 fn no_band(what: &str, elems: usize, p: &DeviceProfile) -> Error {
-    let bound = if band_elems(p) < binding_elems(p) {
+    let bound = if band_elems(p) < p.binding_elems() {
         format!(
             "a band's {} bytes (a sixteenth of max_workspace_bytes {})",
             band_elems(p) * 4,
@@ -245,10 +234,7 @@ pub fn row_ranges(p: &DeviceProfile, [k, oh, ow]: [usize; 3]) -> Result<Vec<(usi
     if per == 0 {
         return Err(no_band("one dy row (all channels)", row, p));
     }
-    Ok((0..oh)
-        .step_by(per)
-        .map(|o0| (o0, (o0 + per).min(oh)))
-        .collect())
+    Ok(chunks_of(oh, per))
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 use super::conv::{ConvAlgorithm, ConvPlan, conv_params};
 use super::gemm::{GemmJob, gemm_chunk};
 use super::phases::Lattice;
+use super::profile::chunks_of;
 use super::rules::{gemm_tile, partial_splits};
 use super::{DeviceProfile, Role, Slot, Step};
 use crate::error::Result;
@@ -24,7 +25,7 @@ pub(super) fn backward_input(
     let taps = g.kh * g.kw;
     let (cols_g, cols) = (g.cg() * taps, g.c * taps);
     let (xu, yu, colu) = (g.c * g.h * g.w, g.k * g.oh * g.ow, cols * g.oh * g.ow);
-    let max = ((p.max_binding - p.align) / 4) as usize;
+    let max = p.binding_elems();
     // Half the workspace for the columns, the rest for split partial sums.
     let by_workspace =
         usize::try_from(p.max_workspace / 2 / (colu as u64 * 4).max(1)).unwrap_or(usize::MAX);
@@ -67,15 +68,9 @@ pub(super) fn backward_input(
         pointwise: true,
     };
     let tile = gemm_tile(p, cols_g);
-    let chunks: Vec<(usize, usize)> = (0..g.n)
-        .step_by(per)
-        .map(|n0| (n0, (n0 + per).min(g.n)))
-        .collect();
+    let chunks = chunks_of(g.n, per);
     let splits = partial_splits(
-        &DeviceProfile {
-            max_workspace: p.max_workspace / 2,
-            ..p.clone()
-        },
+        &p.less_workspace(p.max_workspace / 2),
         job(per).tiles(tile),
         g.kg(),
         per * colu,

@@ -15,7 +15,7 @@ mod rules;
 mod winograd;
 
 pub use bands::{
-    RowBand, backward_input_bands, band_profile, band_sizes, forward_bands, row_ranges, sample_fits,
+    RowBand, backward_input_bands, band_sizes, forward_bands, row_ranges, sample_fits,
 };
 pub use conv::{
     ConvAlgorithm, ConvPlan, conv2d_backward_bias, conv2d_backward_input, conv2d_backward_weight,

@@ -118,7 +118,7 @@ pub fn pool(
         .iter()
         .map(|&(_, what, o)| (unit(o), what))
         .collect();
-    let max_elems = ((p.max_binding - p.align) / 4) as usize;
+    let max_elems = p.binding_elems();
     if units.iter().any(|&(u, _)| u > max_elems) {
         return plane_rows(p, kind, g, base, max_elems);
     }

@@ -118,6 +118,21 @@ impl DeviceProfile {
             && tile.workgroup_bytes() <= self.max_workgroup_bytes
     }
 
+    /// Elements one binding holds at an aligned offset: the largest binding less the alignment
+    /// slack of a window.
+    pub fn binding_elems(&self) -> usize {
+        ((self.max_binding - self.align) / 4) as usize
+    }
+
+    /// This profile with `used` bytes of the workspace bound taken (by a plan's own scratch,
+    /// before it plans a part of itself with the rest).
+    pub fn less_workspace(&self, used: u64) -> DeviceProfile {
+        DeviceProfile {
+            max_workspace: self.max_workspace.saturating_sub(used),
+            ..self.clone()
+        }
+    }
+
     /// Binds elements `[start, end)` of `role`: the window starts at the alignment boundary at
     /// or below `start`; returns the binding and `start`'s element offset inside it.
     pub fn window(&self, role: Role, start: usize, end: usize) -> (Slot, u32) {
@@ -131,7 +146,7 @@ impl DeviceProfile {
     /// Items per chunk such that every chunked tensor's window (`unit` elements per item, plus
     /// alignment slack) fits one binding.
     pub fn items_per_chunk(&self, units: &[(usize, &str)], total: usize) -> Result<usize> {
-        let max_elems = ((self.max_binding - self.align) / 4) as usize;
+        let max_elems = self.binding_elems();
         let mut per = total.max(1);
         for &(unit, what) in units {
             if unit > max_elems {
@@ -153,10 +168,7 @@ impl DeviceProfile {
     /// name) fits a binding.
     pub fn chunks(&self, total: usize, units: &[(usize, &str)]) -> Result<Vec<(usize, usize)>> {
         let per = self.items_per_chunk(units, total)?;
-        Ok((0..total)
-            .step_by(per)
-            .map(|i0| (i0, (i0 + per).min(total)))
-            .collect())
+        Ok(chunks_of(total, per))
     }
 
     /// Splits of a reduction into `elems` partial sums each that the workspace bound allows
@@ -185,4 +197,12 @@ impl DeviceProfile {
         }
         Ok(())
     }
+}
+
+/// The chunks `(i0, i1)` of `total` items, `per` a chunk (`per > 0`), in order.
+pub(super) fn chunks_of(total: usize, per: usize) -> Vec<(usize, usize)> {
+    (0..total)
+        .step_by(per)
+        .map(|i0| (i0, (i0 + per).min(total)))
+        .collect()
 }

@@ -14,6 +14,7 @@
 //! transform's `flip`), reading dy from `padding - 2` (negative padding crops).
 
 use super::conv::{ConvAlgorithm, ConvPlan, conv2d_backward_weight, conv2d_forward};
+use super::profile::chunks_of;
 use super::{DeviceProfile, Role, Slot, Step};
 use crate::error::Result;
 use crate::gpu::kernels::{Kernel, WinogradParams, sizes, to_i32_bits, to_u32};
@@ -94,7 +95,7 @@ fn samples_per_chunk(
     per_sample: u64,
     n: usize,
 ) -> usize {
-    let max = ((p.max_binding - p.align) / 4) as usize;
+    let max = p.binding_elems();
     let room = p.max_workspace.saturating_sub(fixed + 4 * p.align);
     let by_workspace = usize::try_from(room / per_sample.max(1)).unwrap_or(usize::MAX);
     windows
@@ -154,22 +155,6 @@ fn moved(steps: Vec<Step>, map: &[(Role, Role, u64)]) -> Vec<Step> {
         .collect()
 }
 
-/// The profile the GEMM stage plans with: the workspace bound less the transforms' bytes.
-fn gemm_profile(p: &DeviceProfile, used: u64) -> DeviceProfile {
-    DeviceProfile {
-        max_workspace: p.max_workspace.saturating_sub(used),
-        ..p.clone()
-    }
-}
-
-/// The chunks `(n0, n1)` of `n` samples, `per` a chunk.
-fn chunks_of(n: usize, per: usize) -> Vec<(usize, usize)> {
-    (0..n)
-        .step_by(per)
-        .map(|n0| (n0, (n0 + per).min(n)))
-        .collect()
-}
-
 fn plan(p: &DeviceProfile, j: &Job) -> Result<Option<ConvPlan>> {
     let [in_c, in_h, in_w] = j.in_chw;
     let [out_c, out_h, out_w] = j.out_chw;
@@ -178,7 +163,7 @@ fn plan(p: &DeviceProfile, j: &Job) -> Result<Option<ConvPlan>> {
     let per_sample = tiles_hw[0] * tiles_hw[1];
     let u_elems = XI * out_c * in_cg;
     let (v_unit, m_unit) = (XI * in_c * per_sample, XI * out_c * per_sample);
-    let max = ((p.max_binding - p.align) / 4) as usize;
+    let max = p.binding_elems();
     let (in_unit, out_unit) = (in_c * in_h * in_w, out_c * out_h * out_w);
     // Transform buffer: U, then V; scratch: M, then the GEMM's split partial sums.
     let u_bytes = align_up(u_elems as u64 * 4, p.align);
@@ -191,7 +176,7 @@ fn plan(p: &DeviceProfile, j: &Job) -> Result<Option<ConvPlan>> {
     let v_off = u_bytes;
     let transforms = (v_off / 4) as usize + per * v_unit;
     let m_bytes = align_up((per * m_unit) as u64 * 4, p.align);
-    let gp = gemm_profile(p, transforms as u64 * 4 + m_bytes);
+    let gp = p.less_workspace(transforms as u64 * 4 + m_bytes);
     let base = sizes!(WinogradParams {
         in_c: in_c => "input channels",
         in_h: in_h => "input rows",
@@ -308,7 +293,7 @@ pub(super) fn backward_weight(
     let m_elems = XI * g.k * cg;
     let (v_unit, u_unit) = (XI * g.c * per_sample, XI * g.k * per_sample);
     let (x_unit, dy_unit) = (g.c * g.h * g.w, g.k * g.oh * g.ow);
-    let max = ((p.max_binding - p.align) / 4) as usize;
+    let max = p.binding_elems();
     // Transform buffer: V, then dy's U; scratch: M, then the GEMM's split partial sums.
     let m_bytes = align_up(m_elems as u64 * 4, p.align);
     let per_bytes = (v_unit + u_unit) as u64 * 4;
@@ -320,7 +305,7 @@ pub(super) fn backward_weight(
     }
     let u_off = align_up((per * v_unit) as u64 * 4, p.align);
     let transforms = (u_off / 4) as usize + per * u_unit;
-    let gp = gemm_profile(p, transforms as u64 * 4 + m_bytes);
+    let gp = p.less_workspace(transforms as u64 * 4 + m_bytes);
     let base = sizes!(WinogradParams {
         in_c: g.c => "input channels",
         in_h: g.h => "input rows",
