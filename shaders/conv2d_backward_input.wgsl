@@ -5,6 +5,7 @@
 // walked in reverse (the 180-degree rotation), in/out channels swapped within the group.
 
 // #include lib/conv_params.wgsl
+// #include lib/dx_taps.wgsl
 // #include lib/per_element.wgsl
 
 @group(0) @binding(1) var<storage, read> dy: array<f32>;
@@ -33,24 +34,16 @@ fn element(idx: u32) {
         let dy_plane = p.dy_off + (n * p.k + k) * p.oh * p.ow;
         let w_base = p.w_off + ((k * p.cg + cl) * p.kh) * p.kw;
         for (var i = 0u; i < p.kh; i++) {
-            let th = i32(ph) - i32(i * p.dil_h);
-            if (th < 0 || u32(th) % p.stride_h != 0u) {
-                continue;
-            }
-            let oh = u32(th) / p.stride_h;
-            if (oh >= p.oh) {
+            let oh = dx_tap_row(ph, i);
+            if (oh < 0) {
                 continue;
             }
             for (var j = 0u; j < p.kw; j++) {
-                let tw = i32(pw) - i32(j * p.dil_w);
-                if (tw < 0 || u32(tw) % p.stride_w != 0u) {
+                let ow = dx_tap_col(pw, j);
+                if (ow < 0) {
                     continue;
                 }
-                let ow = u32(tw) / p.stride_w;
-                if (ow >= p.ow) {
-                    continue;
-                }
-                acc += dy[dy_plane + oh * p.ow + ow] * wt[w_base + i * p.kw + j];
+                acc += dy[dy_plane + u32(oh) * p.ow + u32(ow)] * wt[w_base + i * p.kw + j];
             }
         }
     }

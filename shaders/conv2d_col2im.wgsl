@@ -1,11 +1,12 @@
 // conv2d dx of layers with few input channels per group, second pass: the GEMM before it wrote
 // dcol[n, (c * kh + i) * kw + j, oh, ow] = sum over k of dy[n, k, oh, ow] * w[k, c, i, j] (the
 // kernel taps along its columns, so a 3-channel stem fills its tiles); this gathers, per dx
-// element, the taps that reach it: tap (i, j) from output (oh, ow) when (ih + pad - i * dil) / s
-// is exact and in range. One invocation per dx element, taps in order (deterministic); added to
-// dx when accumulating.
+// element, the taps that reach it (lib/dx_taps.wgsl: tap (i, j) from output (oh, ow) when
+// (ih + pad - i * dil) / s is exact and in range). One invocation per dx element, taps in order
+// (deterministic); added to dx when accumulating.
 
 // #include lib/conv_params.wgsl
+// #include lib/dx_taps.wgsl
 // #include lib/per_element.wgsl
 
 @group(0) @binding(1) var<storage, read> dcol: array<f32>;
@@ -28,24 +29,16 @@ fn element(idx: u32) {
     let base = p.x_off + (n * p.c + c) * taps * plane;
     var acc = 0.0;
     for (var i = 0u; i < p.kh; i++) {
-        let th = i32(ph) - i32(i * p.dil_h);
-        if (th < 0 || u32(th) % p.stride_h != 0u) {
-            continue;
-        }
-        let oh = u32(th) / p.stride_h;
-        if (oh >= p.oh) {
+        let oh = dx_tap_row(ph, i);
+        if (oh < 0) {
             continue;
         }
         for (var j = 0u; j < p.kw; j++) {
-            let tw = i32(pw) - i32(j * p.dil_w);
-            if (tw < 0 || u32(tw) % p.stride_w != 0u) {
+            let ow = dx_tap_col(pw, j);
+            if (ow < 0) {
                 continue;
             }
-            let ow = u32(tw) / p.stride_w;
-            if (ow >= p.ow) {
-                continue;
-            }
-            acc += dcol[base + (i * p.kw + j) * plane + oh * p.ow + ow];
+            acc += dcol[base + (i * p.kw + j) * plane + u32(oh) * p.ow + u32(ow)];
         }
     }
     let at = p.out_off + idx;
