@@ -19,7 +19,27 @@ struct Planes<'a> {
     cols: usize,
 }
 
-impl Planes<'_> {
+impl<'a> Planes<'a> {
+    /// A conv's input-side tensor (x or dx), `[N, C, H, W]`.
+    fn input(raw: &'a Raw, g: &Conv2dGeometry) -> Planes<'a> {
+        Planes {
+            raw,
+            channels: g.c,
+            rows: g.h,
+            cols: g.w,
+        }
+    }
+
+    /// A conv's output-side tensor (y or dy), `[N, K, OH, OW]`.
+    fn output(raw: &'a Raw, g: &Conv2dGeometry) -> Planes<'a> {
+        Planes {
+            raw,
+            channels: g.k,
+            rows: g.oh,
+            cols: g.ow,
+        }
+    }
+
     /// Element offset of row `row` of channel `c` of sample `n`.
     fn at(&self, n: usize, c: usize, row: usize) -> usize {
         ((n * self.channels + c) * self.rows + row) * self.cols
@@ -61,6 +81,15 @@ fn over(storage: &Raw, shape: [usize; 4]) -> Raw {
     }
 }
 
+/// A band's input-side (`[1, C, rows, W]`) and output-side (`[1, K, rows, OW]`) views of the
+/// band tensors.
+fn band_views(input: &Raw, output: &Raw, b: &plan::RowBand) -> (Raw, Raw) {
+    (
+        over(input, b.geometry.x_shape()),
+        over(output, b.geometry.y_shape()),
+    )
+}
+
 /// `Err` unless the buffer of `raw` (a view of the caller's) allows the band copies.
 fn check_usage(raw: &Raw, usage: wgpu::BufferUsages, what: &str) -> Result<()> {
     if raw.len > 0 && !raw.buffer().usage().contains(usage) {
@@ -98,7 +127,8 @@ impl Gpu {
         }
     }
 
-    /// The two band tensors of `sizes` elements, and the profile their bands plan with.
+    /// The two band tensors of `sizes` elements, and the profile their bands plan with; a band's
+    /// views of them are [`band_views`].
     fn band_tensors(&self, sizes: [usize; 2]) -> Result<(Raw, Raw, plan::DeviceProfile)> {
         let a = self.alloc(&[sizes[0]], "band of input rows")?;
         let b = self.alloc(&[sizes[1]], "band of output rows")?;
@@ -123,23 +153,12 @@ impl Gpu {
         let bands = plan::forward_bands(&self.profile, g, false)?;
         let sizes = plan::band_sizes(&bands);
         let (xb, yb, profile) = self.band_tensors(sizes)?;
-        let xs = Planes {
-            raw: x,
-            channels: g.c,
-            rows: g.h,
-            cols: g.w,
-        };
-        let ys = Planes {
-            raw: y,
-            channels: g.k,
-            rows: g.oh,
-            cols: g.ow,
-        };
+        let xs = Planes::input(x, g);
+        let ys = Planes::output(y, g);
         self.in_one_batch(sink, op, &[x, y], |sink| {
             for n in 0..g.n {
                 for b in &bands {
-                    let bx = over(&xb, b.geometry.x_shape());
-                    let by = over(&yb, b.geometry.y_shape());
+                    let (bx, by) = band_views(&xb, &yb, b);
                     xs.gather(record(sink), n, b.in_rows, &bx);
                     let plan = plan::conv2d_forward(&profile, &b.geometry, bias.is_some())?;
                     let buffers = Buffers {
@@ -180,26 +199,15 @@ impl Gpu {
         // Here the input band is dx's and the output band dy's.
         let sizes = plan::band_sizes(&bands);
         let (dxb, dyb, profile) = self.band_tensors(sizes)?;
-        let dxs = Planes {
-            raw: dx,
-            channels: g.c,
-            rows: g.h,
-            cols: g.w,
-        };
-        let dys = Planes {
-            raw: dy,
-            channels: g.k,
-            rows: g.oh,
-            cols: g.ow,
-        };
+        let dxs = Planes::input(dx, g);
+        let dys = Planes::output(dy, g);
         self.in_one_batch(sink, op, &[dy, dx], |sink| {
             if !accumulate {
                 record(sink).push_clear(dx);
             }
             for n in 0..g.n {
                 for b in &bands {
-                    let bdx = over(&dxb, b.geometry.x_shape());
-                    let bdy = over(&dyb, b.geometry.y_shape());
+                    let (bdx, bdy) = band_views(&dxb, &dyb, b);
                     dys.gather(record(sink), n, b.out_rows, &bdy);
                     if accumulate {
                         dxs.gather(record(sink), n, b.in_rows, &bdx);
@@ -237,24 +245,13 @@ impl Gpu {
         let bands = plan::forward_bands(&self.profile, g, true)?;
         let sizes = plan::band_sizes(&bands);
         let (xb, dyb, profile) = self.band_tensors(sizes)?;
-        let xs = Planes {
-            raw: x,
-            channels: g.c,
-            rows: g.h,
-            cols: g.w,
-        };
-        let dys = Planes {
-            raw: dy,
-            channels: g.k,
-            rows: g.oh,
-            cols: g.ow,
-        };
+        let xs = Planes::input(x, g);
+        let dys = Planes::output(dy, g);
         self.in_one_batch(sink, op, &[x, dy, dw], |sink| {
             let mut added = accumulate;
             for n in 0..g.n {
                 for b in &bands {
-                    let bx = over(&xb, b.geometry.x_shape());
-                    let bdy = over(&dyb, b.geometry.y_shape());
+                    let (bx, bdy) = band_views(&xb, &dyb, b);
                     xs.gather(record(sink), n, b.in_rows, &bx);
                     dys.gather(record(sink), n, b.out_rows, &bdy);
                     let plan = plan::conv2d_backward_weight(&profile, &b.geometry, added)?;
