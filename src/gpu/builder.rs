@@ -329,15 +329,15 @@ impl GpuBuilder {
                 .filter(|v| !v.is_empty())
                 .map(Into::into)
         });
-        let tuner = super::tune::Tuner {
-            measure: self.autotune.unwrap_or_else(|| {
+        let tuner = super::tune::Tuner::new(
+            self.autotune.unwrap_or_else(|| {
                 std::env::var("WGCONV_TUNE").is_ok_and(|v| !v.is_empty() && v != "0")
             }),
-            entries: std::sync::Mutex::new(match &tuning_file {
+            match &tuning_file {
                 Some(path) => super::tune::Tuner::load(path, &profile)?,
                 None => Default::default(),
-            }),
-        };
+            },
+        );
         Ok(Gpu {
             id: NEXT_GPU_ID.fetch_add(1, Ordering::Relaxed),
             device,

@@ -100,6 +100,9 @@ struct TuningFile {
 pub(crate) struct Tuner {
     /// Measure geometries without an entry.
     pub measure: bool,
+    /// Measuring, or choices were loaded: otherwise every op plans on the context's profile
+    /// without looking at `entries` (which only measuring adds to).
+    active: bool,
     pub entries: Mutex<HashMap<TuneKey, TunedEntry>>,
 }
 
@@ -107,6 +110,15 @@ pub(crate) struct Tuner {
 const SAMPLES: usize = 3;
 
 impl Tuner {
+    /// A tuner that measures (`measure`) and starts from `entries` (a loaded file's).
+    pub fn new(measure: bool, entries: HashMap<TuneKey, TunedEntry>) -> Tuner {
+        Tuner {
+            measure,
+            active: measure || !entries.is_empty(),
+            entries: Mutex::new(entries),
+        }
+    }
+
     /// The entries of a tuning file, checked against `profile` (every tile must fit).
     pub fn load(path: &Path, profile: &DeviceProfile) -> Result<HashMap<TuneKey, TunedEntry>> {
         let what = path.display();
@@ -304,7 +316,7 @@ pub(crate) fn tuned_plan(
     buffers: &Buffers<'_>,
     out_len: usize,
 ) -> Result<ConvPlan> {
-    if !gpu.tuner.measure && gpu.lock_entries().is_empty() {
+    if !gpu.tuner.active {
         return plan_of(&gpu.profile);
     }
     let profile = gpu.tuned_profile(key, plan_of, buffers, out_len)?;
