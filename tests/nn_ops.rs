@@ -520,63 +520,6 @@ fn bad_inputs_are_errors() {
     );
 }
 
-/// A conv layer applied twice before its backward (shared weights): its gradients are the sum
-/// of both uses', accumulated on the GPU, and a later forward starts fresh ones.
-#[test]
-fn conv_layer_used_twice_accumulates_its_gradients() {
-    use wgconv::nn::{Conv2d, Layer};
-    use wgconv::{Conv2dSpec, Padding2d};
-    let gpu = gpu();
-    let mut rng = Rng::new(21);
-    let spec = Conv2dSpec {
-        padding: Padding2d::symmetric(1, 1),
-        ..Default::default()
-    };
-    let w = rng.array4_f32([4, 3, 3, 3]);
-    let b = Array1::from_vec(rng.array4_f32([1, 1, 1, 4]).into_raw_vec_and_offset().0);
-    let mut layer =
-        Conv2d::from_parameters(gpu.upload(&w).unwrap(), Some(gpu.upload(&b).unwrap()), spec)
-            .unwrap();
-    let xs = [rng.array4_f32([2, 3, 6, 6]), rng.array4_f32([2, 3, 6, 6])];
-    let dys = [rng.array4_f32([2, 4, 6, 6]), rng.array4_f32([2, 4, 6, 6])];
-    for x in &xs {
-        layer.forward(gpu, gpu.upload(x).unwrap()).unwrap();
-    }
-    // Backward in reverse order of the forwards.
-    for dy in dys.iter().rev() {
-        layer.backward(gpu, gpu.upload(dy).unwrap()).unwrap();
-    }
-    let f = |a: &ndarray::Array4<f32>| a.mapv(f64::from);
-    let dw = |i: usize| {
-        wgconv::reference::conv2d_backward_weight(
-            f(&xs[i]).view(),
-            f(&dys[i]).view(),
-            [3, 3],
-            &spec,
-        )
-        .unwrap()
-    };
-    let db = |i: usize| wgconv::reference::conv2d_backward_bias(f(&dys[i]).view());
-    close(
-        &dl(gpu, layer.weight_grad().unwrap()),
-        &(dw(0) + dw(1)),
-        "dW of both uses",
-    );
-    close(
-        &dl(gpu, layer.bias_grad().unwrap()),
-        &(db(0) + db(1)),
-        "db of both uses",
-    );
-    // The next step's single use replaces them.
-    layer.forward(gpu, gpu.upload(&xs[0]).unwrap()).unwrap();
-    layer.backward(gpu, gpu.upload(&dys[0]).unwrap()).unwrap();
-    close(
-        &dl(gpu, layer.weight_grad().unwrap()),
-        &dw(0),
-        "dW of a fresh step",
-    );
-}
-
 /// Layer sizes past any device or host memory: `Err` naming the size, before anything is
 /// allocated (was: a panic "capacity overflow", or an allocation abort).
 #[test]

@@ -6,45 +6,13 @@
 
 mod common;
 
+use common::net::{CLASSES, N, OPTS, conv_spec, pool, small_net};
 use common::*;
 use ndarray::{Array1, Array4, ArrayD, Ix1, Ix2, Ix4};
+use wgconv::Error;
 use wgconv::compare::GPU_TOLERANCE;
-use wgconv::nn::{
-    AvgPool2d, Conv2d, Flatten, Layer, Linear, MaxPool2d, Relu, Rng, Sequential, Sgd, SgdOptions,
-};
+use wgconv::nn::{Layer, Sgd};
 use wgconv::reference::{self, nn as rnn};
-use wgconv::{Conv2dSpec, Error, Gpu, Padding2d, Pool2dSpec};
-
-const N: usize = 4;
-const CLASSES: usize = 10;
-const OPTS: SgdOptions = SgdOptions {
-    lr: 0.1,
-    momentum: 0.9,
-    weight_decay: 0.01,
-};
-
-fn conv_spec() -> Conv2dSpec {
-    Conv2dSpec::new().with_padding(Padding2d::symmetric(1, 1))
-}
-
-fn pool() -> Pool2dSpec {
-    Pool2dSpec::new([2, 2])
-}
-
-/// conv 1→4 3x3 pad 1, ReLU, max-pool 2 → [4, 4, 4]; conv 4→6 3x3 pad 1, ReLU, avg-pool 2 →
-/// [6, 2, 2]; flatten; linear 24→10.
-fn small_net(gpu: &Gpu, seed: u64) -> Sequential {
-    let mut rng = Rng::new(seed);
-    Sequential::new()
-        .push(Conv2d::new(gpu, 1, 4, [3, 3], conv_spec(), true, &mut rng).unwrap())
-        .push(Relu::new())
-        .push(MaxPool2d::new(pool()))
-        .push(Conv2d::new(gpu, 4, 6, [3, 3], conv_spec(), true, &mut rng).unwrap())
-        .push(Relu::new())
-        .push(AvgPool2d::new(pool(), true))
-        .push(Flatten::new())
-        .push(Linear::new(gpu, 24, CLASSES, true, &mut rng).unwrap())
-}
 
 /// One step of the same network on the reference: returns the loss and the gradients
 /// (w1, b1, w2, b2, w3, b3), and updates `params` and `bufs` in place.

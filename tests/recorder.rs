@@ -1,6 +1,6 @@
 //! Recorded batches (`Gpu::recorder`): bit-identical to eager calls, one submission, inputs
 //! dropped after recording, `encode` into the caller's encoder among its own passes, pending
-//! results refused, checked mode; `download_async`; the `*_accumulate` ops.
+//! results refused by eager ops, chained recorders in both orders, checked mode; `download_async`; the `*_accumulate` ops.
 
 mod common;
 
@@ -138,8 +138,8 @@ fn checked_mode_checks_a_recorded_chain() {
     assert_eq!(recorded, chain(&plain, &i, false));
 }
 
-/// A pending result is refused by downloads, eager ops and other recorders until its batch is
-/// submitted; a recorder dropped unsubmitted is harmless; errors at record time leave it usable.
+/// A pending result is refused by downloads and eager ops until its batch is submitted, and a
+/// recorder that reads it cannot be submitted before it; a recorder dropped unsubmitted is harmless; errors at record time leave it usable.
 #[test]
 fn pending_results_are_refused_and_unsubmitted_batches_are_harmless() {
     let gpu = fresh(Gpu::builder());
@@ -154,14 +154,11 @@ fn pending_results_are_refused_and_unsubmitted_batches_are_harmless() {
     );
     let e = gpu.conv2d_backward_bias(&y).unwrap_err();
     assert!(e.to_string().contains("pending"), "{e}");
+    // Another recorder may read it (chained recorders), but submitting that one first is Err.
     let mut other = gpu.recorder();
-    assert!(
-        other
-            .conv2d_backward_bias(&y)
-            .unwrap_err()
-            .to_string()
-            .contains("pending")
-    );
+    other.conv2d_backward_bias(&y).unwrap();
+    let e = other.submit().unwrap_err();
+    assert!(e.to_string().contains("another recorder"), "{e}");
     // A bad shape at record time is Err and leaves the recorder usable.
     assert!(rec.conv2d_forward(&w, &x, None, &spec()).is_err());
     let db = rec.conv2d_backward_bias(&y).unwrap();
@@ -178,9 +175,109 @@ fn pending_results_are_refused_and_unsubmitted_batches_are_harmless() {
             .to_string()
             .contains("pending")
     );
+    // A recorder reading it can never run, and says why.
+    let mut late = gpu.recorder();
+    late.conv2d_backward_bias(&z).unwrap();
+    let e = late.submit().unwrap_err();
+    assert!(e.to_string().contains("dropped unsubmitted"), "{e}");
     drop(z);
     let again = gpu.conv2d_forward(&x, &w, None, &spec()).unwrap();
     assert_eq!(gpu.download(&again).unwrap(), gpu.download(&y).unwrap());
+}
+
+/// How two chained recorders (B reads A's pending results) reach the queue.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Order {
+    SubmitAThenB,
+    EncodeAThenB,
+    SubmitBFirst,
+    EncodeBFirst,
+}
+
+/// A framework's forward batch (A: conv, max-pool) and backward batch (B: max-pool backward and
+/// the conv's three gradients, one accumulated into a gradient that A computed) recorded before
+/// either runs: in order, both equal the eager ops bit for bit; B first is `Err` naming the
+/// dependency, and A still runs alone.
+#[test]
+fn chained_recorders_equal_eager_in_order_and_refuse_the_wrong_order() {
+    let gpu = fresh(Gpu::builder());
+    let i = inputs(6);
+    let (s, p) = (spec(), Pool2dSpec::new([2, 2]));
+    let (x, w, b) = (
+        gpu.upload(&i.x).unwrap(),
+        gpu.upload(&i.w).unwrap(),
+        gpu.upload(&i.b).unwrap(),
+    );
+    let bits = |t: &Tensor| -> Vec<u32> {
+        gpu.download(t)
+            .unwrap()
+            .iter()
+            .map(|v| v.to_bits())
+            .collect()
+    };
+    let eager = {
+        let y = gpu.conv2d_forward(&x, &w, Some(&b), &s).unwrap();
+        let (m, idx) = gpu.max_pool2d_forward(&y, &p).unwrap();
+        let mut dw = gpu.conv2d_backward_weight(&x, &y, [3, 3], &s).unwrap();
+        let dy = gpu.max_pool2d_backward(&m, &idx, [6, 5], &p).unwrap();
+        let dx = gpu.conv2d_backward_input(&dy, &w, [12, 10], &s).unwrap();
+        gpu.conv2d_backward_weight_accumulate(&x, &dy, &s, &mut dw)
+            .unwrap();
+        let db = gpu.conv2d_backward_bias(&dy).unwrap();
+        [&y, &m, &dy, &dx, &dw, &db].map(bits)
+    };
+    for order in [
+        Order::SubmitAThenB,
+        Order::EncodeAThenB,
+        Order::SubmitBFirst,
+        Order::EncodeBFirst,
+    ] {
+        let mut a = gpu.recorder();
+        let y = a.conv2d_forward(&x, &w, Some(&b), &s).unwrap();
+        let (m, idx) = a.max_pool2d_forward(&y, &p).unwrap();
+        let mut dw = a.conv2d_backward_weight(&x, &y, [3, 3], &s).unwrap();
+        let mut bb = gpu.recorder();
+        let dy = bb.max_pool2d_backward(&m, &idx, [6, 5], &p).unwrap();
+        let dx = bb.conv2d_backward_input(&dy, &w, [12, 10], &s).unwrap();
+        bb.conv2d_backward_weight_accumulate(&x, &dy, &s, &mut dw)
+            .unwrap();
+        let db = bb.conv2d_backward_bias(&dy).unwrap();
+        let mut encoder = gpu
+            .device()
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor::default());
+        match order {
+            Order::SubmitAThenB => {
+                a.submit().unwrap();
+                bb.submit().unwrap();
+            }
+            Order::EncodeAThenB => {
+                a.encode(&mut encoder).unwrap();
+                bb.encode(&mut encoder).unwrap();
+            }
+            Order::SubmitBFirst | Order::EncodeBFirst => {
+                let e = if order == Order::SubmitBFirst {
+                    bb.submit().unwrap_err()
+                } else {
+                    bb.encode(&mut encoder).unwrap_err()
+                };
+                let m = e.to_string();
+                assert!(
+                    matches!(e, Error::InvalidArgument(_))
+                        && m.contains("max_pool2d_backward")
+                        && m.contains("[2, 8, 3, 2]")
+                        && m.contains("another recorder"),
+                    "{order:?}: {m}"
+                );
+                a.submit().unwrap();
+                assert_eq!(bits(&y), eager[0], "{order:?}: A alone");
+                assert!(gpu.download(&dx).is_err(), "{order:?}: B never ran");
+                continue;
+            }
+        }
+        gpu.queue().submit([encoder.finish()]);
+        let got = [&y, &m, &dy, &dx, &dw, &db].map(bits);
+        assert_eq!(got, eager, "{order:?}");
+    }
 }
 
 /// `encode` appends to the caller's encoder after its own write to a view, submits nothing, and

@@ -7,6 +7,7 @@ use ndarray::{ArrayD, Ix1, Ix2};
 use super::check::verdict;
 use super::kernels::to_u32;
 use super::kernels::{EltParams, Kernel, MatmulParams, RowsParams, SgdParams};
+use super::recorder::Record;
 use super::tensor::Raw;
 use super::{Bind, Dispatch, Gpu, IndexTensor, Tensor};
 use crate::error::{Error, Result, mismatch};
@@ -51,6 +52,39 @@ impl Gpu {
         let mut t = t;
         t.raw.shape = shape.to_vec();
         Ok(t)
+    }
+
+    /// A copy of `t` with a new shape of the same number of elements, in a buffer of its own
+    /// (what [`Gpu::reshape`] gives where the source must stay: an evaluation forward).
+    pub fn reshaped_copy(&self, t: &Tensor, shape: &[usize]) -> Result<Tensor> {
+        const OP: &str = "reshaped_copy";
+        self.check_owner(&t.raw, OP)?;
+        let len = numel(shape, "reshape target")?;
+        if len != t.len() {
+            return Err(mismatch(format!(
+                "{OP}: tensor of shape {:?} ({} elements) cannot take shape {shape:?} ({len} \
+                 elements)",
+                t.shape(),
+                t.len()
+            )));
+        }
+        let out = self.alloc(shape, "reshaped_copy output")?;
+        if len > 0 {
+            let mut rec = Record::new();
+            rec.push_copy(&t.raw, &out);
+            rec.keep_raws([&t.raw, &out].into_iter());
+            self.submit_record(&mut rec, OP)?;
+        }
+        Ok(Tensor { raw: out })
+    }
+
+    /// A second handle on `t`'s elements with another shape of the same length: no copy, no
+    /// check (the caller reads it only, within the crate).
+    pub(crate) fn shaped_alias(&self, t: &Tensor, shape: &[usize]) -> Tensor {
+        debug_assert_eq!(shape.iter().product::<usize>(), t.len());
+        let mut raw = t.raw.clone();
+        raw.shape = shape.to_vec();
+        Tensor { raw }
     }
 
     /// All of a tensor, or the placeholder buffer for an empty one (never read then).

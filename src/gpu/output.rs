@@ -33,15 +33,17 @@ fn overlaps(a: &Raw, b: &Raw) -> bool {
 }
 
 impl Gpu {
-    /// `Err` unless every input belongs to this `Gpu` and is not pending, except results of the
-    /// batch being recorded.
-    pub(crate) fn check_inputs(&self, sink: &Sink<'_>, op: &str, raws: &[&Raw]) -> Result<()> {
+    /// `Err` unless every input belongs to this `Gpu` and is not pending, except results of a
+    /// recorded batch when this op is recorded too: its own batch's, or another recorder's,
+    /// which then becomes a dependency of this batch (that one must be submitted or encoded
+    /// first).
+    pub(crate) fn check_inputs(&self, sink: &mut Sink<'_>, op: &str, raws: &[&Raw]) -> Result<()> {
         for raw in raws {
-            let ours = match (sink, &raw.batch) {
-                (Sink::Record(rec), Some(b)) => std::sync::Arc::ptr_eq(b, &rec.batch),
-                _ => false,
-            };
-            if ours {
+            if let (Sink::Record(rec), Some(batch)) = (&mut *sink, &raw.batch)
+                && raw.gpu_id == self.id
+                && (std::sync::Arc::ptr_eq(batch, &rec.batch) || batch.is_recorded())
+            {
+                rec.depend_on(batch, op, &raw.shape);
                 continue;
             }
             self.check_owner(raw, op)?;
@@ -54,7 +56,7 @@ impl Gpu {
     /// into, not share a buffer with one.
     pub(crate) fn target(
         &self,
-        sink: &Sink<'_>,
+        sink: &mut Sink<'_>,
         op: &str,
         out: &Out<'_>,
         shape: &[usize],

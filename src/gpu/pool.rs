@@ -30,7 +30,7 @@ impl Gpu {
     /// caller's, checked like [`Gpu::target`]'s.
     fn target_indices(
         &self,
-        sink: &Sink<'_>,
+        sink: &mut Sink<'_>,
         given: Option<&IndexTensor>,
         shape: &[usize],
         inputs: &[&Raw],

@@ -47,9 +47,19 @@ pub(crate) enum Piece {
 /// A check of one recorded op, run once its batch has finished.
 pub(crate) type Check = Box<dyn FnOnce(&Gpu) -> Result<()> + Send>;
 
+/// A batch whose pending result a recorded op reads: the op and the tensor's shape, to name
+/// it if that batch has not run first.
+struct Dependency {
+    batch: Arc<Batch>,
+    op: String,
+    shape: Vec<usize>,
+}
+
 /// The state of a batch being recorded.
 pub(crate) struct Record {
     pub batch: Arc<Batch>,
+    /// Other recorders' batches whose results this one reads.
+    depends_on: Vec<Dependency>,
     pieces: Vec<Piece>,
     /// Every tensor and scratch buffer the batch reads or writes, alive until it has run.
     keep: Vec<Raw>,
@@ -60,9 +70,41 @@ impl Record {
     pub fn new() -> Record {
         Record {
             batch: Batch::new(),
+            depends_on: Vec::new(),
             pieces: Vec::new(),
             keep: Vec::new(),
             checks: Vec::new(),
+        }
+    }
+
+    /// Notes that an op of this batch reads a result of `batch` (a no-op for this batch's own).
+    pub fn depend_on(&mut self, batch: &Arc<Batch>, op: &str, shape: &[usize]) {
+        let known = |d: &Dependency| Arc::ptr_eq(&d.batch, batch);
+        if !Arc::ptr_eq(batch, &self.batch) && !self.depends_on.iter().any(known) {
+            self.depends_on.push(Dependency {
+                batch: batch.clone(),
+                op: op.to_string(),
+                shape: shape.to_vec(),
+            });
+        }
+    }
+
+    /// `Err` naming the first batch this one reads a result of that has not been submitted or
+    /// encoded yet (`what` names the call).
+    fn check_dependencies(&self, what: &str) -> Result<()> {
+        match self.depends_on.iter().find(|d| !d.batch.has_run_first()) {
+            None => Ok(()),
+            Some(d) => Err(crate::Error::InvalidArgument(format!(
+                "{what}: this batch's {} reads the tensor of shape {:?}, the pending result of \
+                 another recorder that {}; submit or encode that recorder first",
+                d.op,
+                d.shape,
+                if d.batch.is_discarded() {
+                    "was dropped unsubmitted"
+                } else {
+                    "has not been submitted or encoded"
+                }
+            ))),
         }
     }
 
@@ -129,8 +171,12 @@ struct Kept {
 /// dropped after recording: the batch keeps every tensor, view and scratch buffer it uses alive
 /// until it has run. Its results are bit-identical to the same ops called one by one (same
 /// plans), in recording order, and are pending until the batch is submitted: downloading one, or
-/// using it in an eager op (or another recorder), before [`submit`](Recorder::submit) or
-/// [`encode`](Recorder::encode) is `Err`. Dropping a recorder unsubmitted discards the batch.
+/// using it in an eager op, before [`submit`](Recorder::submit) or
+/// [`encode`](Recorder::encode) is `Err`. A pending result may be an input of another
+/// recorder's op (a framework records its forward batch and its backward batch, then encodes
+/// both): that recorder must then be submitted or encoded after this one, else its `submit` or
+/// `encode` is `Err` naming the dependency (and discards its batch). Dropping a recorder
+/// unsubmitted discards the batch.
 ///
 /// ```no_run
 /// # fn main() -> wgconv::Result<()> {
@@ -256,6 +302,7 @@ impl Recorder<'_> {
     /// against the reference.
     pub fn submit(mut self) -> Result<wgpu::SubmissionIndex> {
         let gpu = self.gpu;
+        self.rec.check_dependencies("Recorder::submit")?;
         let index = gpu.submit_record(&mut self.rec, "Recorder::submit")?;
         if !self.rec.checks.is_empty() {
             gpu.wait_for(Some(index.clone()))?;
@@ -270,10 +317,11 @@ impl Recorder<'_> {
     /// nothing (no hidden submission either, even for empty tensors). The caller must submit the
     /// encoder before wgconv reads a result; the batch's buffers live until that submission has
     /// run (or the encoder is dropped). Several recorders may be encoded into one encoder, in
-    /// order. In checked mode the checks run at the next [`Gpu::synchronize`], after the caller
+    /// order (a recorder that reads another's results after that one). In checked mode the checks run at the next [`Gpu::synchronize`], after the caller
     /// has submitted.
     pub fn encode(mut self, encoder: &mut wgpu::CommandEncoder) -> Result<()> {
         let gpu = self.gpu;
+        self.rec.check_dependencies("Recorder::encode")?;
         gpu.check_lost()?;
         let scope = gpu.scope();
         let mut uniforms = Vec::new();
@@ -302,6 +350,14 @@ impl Recorder<'_> {
     /// Whether no op has been recorded.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// A recorder dropped unsubmitted discards its batch: its results stay pending for good, and a
+/// recorder that reads one says so.
+impl Drop for Recorder<'_> {
+    fn drop(&mut self) {
+        self.rec.batch.discard();
     }
 }
 

@@ -37,6 +37,8 @@ impl Batch {
     pub const RECORDED: u8 = 0;
     /// Submitted by wgconv, or handed to the caller's encoder.
     pub const RELEASED: u8 = 1;
+    /// Its recorder was dropped unsubmitted: it never runs.
+    pub const DISCARDED: u8 = 2;
 
     pub fn new() -> Arc<Batch> {
         Arc::new(Batch {
@@ -48,8 +50,30 @@ impl Batch {
         self.state.store(Batch::RELEASED, Ordering::Release);
     }
 
+    /// Marks a batch that never ran as discarded (a released one stays released).
+    pub fn discard(&self) {
+        let _ = self.state.compare_exchange(
+            Batch::RECORDED,
+            Batch::DISCARDED,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+    }
+
+    /// Whether the batch is unsubmitted: recorded and not yet run, or discarded.
     pub fn is_recorded(&self) -> bool {
-        self.state.load(Ordering::Acquire) == Batch::RECORDED
+        self.state.load(Ordering::Acquire) != Batch::RELEASED
+    }
+
+    /// Whether the batch was discarded.
+    pub fn is_discarded(&self) -> bool {
+        self.state.load(Ordering::Acquire) == Batch::DISCARDED
+    }
+
+    /// Whether the batch was submitted or handed to an encoder (so a batch encoded after it
+    /// runs after it).
+    pub fn has_run_first(&self) -> bool {
+        !self.is_recorded()
     }
 }
 

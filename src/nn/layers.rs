@@ -2,15 +2,22 @@
 
 use ndarray::{Array1, Array2, Array4};
 
-use super::{Layer, Param, Rng, init_bound, uniform_values};
+use super::{Layer, Param, Rng, StepClock, init_bound, uniform_values};
 use crate::error::{Result, invalid, mismatch};
 use crate::spec::numel;
 use crate::{Conv2dSpec, Gpu, IndexTensor, Pool2dSpec, Tensor};
 
 fn no_forward(layer: &str) -> crate::Error {
     invalid(format!(
-        "{layer}: backward called without a forward since the last backward"
+        "{layer}: backward called without a forward of this step to match it (every backward \
+         takes one saved training forward, Layer::forward; Layer::infer saves none, and a step \
+         ends at Sgd::step or zero_grad)"
     ))
+}
+
+/// The latest saved forward of a layer without parameters, or `Err` naming the layer.
+fn pop_saved<T>(saved: &mut Vec<T>, layer: &str) -> Result<T> {
+    saved.pop().ok_or_else(|| no_forward(layer))
 }
 
 fn hw(x: &Tensor, layer: &str) -> Result<[usize; 2]> {
@@ -33,11 +40,12 @@ macro_rules! weight_bias_accessors {
         pub fn bias(&self) -> Option<&Tensor> {
             self.params.bias.as_ref()
         }
-        /// The weight gradient of the last backward.
+        /// The weight gradient of the last step (`None` before a backward and after
+        /// [`Layer::zero_grad`]).
         pub fn weight_grad(&self) -> Option<&Tensor> {
             self.params.dw.as_ref()
         }
-        /// The bias gradient of the last backward.
+        /// The bias gradient of the last step.
         pub fn bias_grad(&self) -> Option<&Tensor> {
             self.params.db.as_ref()
         }
@@ -48,6 +56,9 @@ macro_rules! weight_bias_accessors {
 /// layer in its description.
 macro_rules! weight_bias_layer_methods {
     ($layer:literal) => {
+        fn zero_grad(&mut self) {
+            self.params.zero_grad();
+        }
         fn parameters_mut(&mut self) -> Vec<Param<'_>> {
             self.params.parameters_mut()
         }
@@ -79,16 +90,12 @@ fn uniform_bias(
 /// 2-D convolution with a weight `[K, C/groups, kh, kw]` and an optional bias `[K]`.
 ///
 /// A layer may be applied several times before its backward (shared weights, a siamese
-/// branch): each forward saves its input, each backward takes the latest, and the gradients of
-/// one step add up (the first backward after a fresh forward sets them, the later ones
-/// accumulate into them, deterministically, on the GPU).
+/// branch): each training forward saves its input, each backward takes the latest, and the
+/// gradients of one step add up (the first backward of a step sets them, the later ones
+/// accumulate into them, deterministically, on the GPU); see the [module docs](super).
 pub struct Conv2d {
     params: WeightBias,
     spec: Conv2dSpec,
-    /// Inputs of the forwards not yet taken by a backward, latest last.
-    inputs: Vec<Tensor>,
-    /// The next backward starts this step's gradients rather than adding to them.
-    fresh: bool,
 }
 
 impl Conv2d {
@@ -135,8 +142,6 @@ impl Conv2d {
         Ok(Conv2d {
             params: WeightBias::new("Conv2d", weight, bias)?,
             spec,
-            inputs: Vec::new(),
-            fresh: true,
         })
     }
 
@@ -145,49 +150,47 @@ impl Conv2d {
 
 impl Layer for Conv2d {
     fn forward(&mut self, gpu: &Gpu, x: Tensor) -> Result<Tensor> {
-        let y = gpu.conv2d_forward(
-            &x,
-            &self.params.weight,
-            self.params.bias.as_ref(),
-            &self.spec,
-        )?;
-        if self.inputs.is_empty() {
-            self.fresh = true;
-        }
-        self.inputs.push(x);
+        let y = self.infer(gpu, &x)?;
+        self.params.save(x);
         Ok(y)
     }
+    fn infer(&self, gpu: &Gpu, x: &Tensor) -> Result<Tensor> {
+        let p = &self.params;
+        gpu.conv2d_forward(x, &p.weight, p.bias.as_ref(), &self.spec)
+    }
     fn backward(&mut self, gpu: &Gpu, dy: Tensor) -> Result<Tensor> {
-        let x = self.inputs.last().ok_or_else(|| no_forward("Conv2d"))?;
+        let x = self.params.latest_input("Conv2d")?;
         let dx =
             gpu.conv2d_backward_input(&dy, &self.params.weight, hw(x, "Conv2d")?, &self.spec)?;
         self.backward_params(gpu, dy)?;
         Ok(dx)
     }
     fn backward_params(&mut self, gpu: &Gpu, dy: Tensor) -> Result<()> {
-        let x = self.inputs.pop().ok_or_else(|| no_forward("Conv2d"))?;
-        let s = self.params.weight.shape();
+        let x = self.params.take_input("Conv2d")?;
+        let p = &mut self.params;
+        let s = p.weight.shape();
         let khw = [s[2], s[3]];
-        let fresh = std::mem::replace(&mut self.fresh, false);
-        match (&mut self.params.dw, fresh) {
-            (Some(dw), false) => gpu.conv2d_backward_weight_accumulate(&x, &dy, &self.spec, dw)?,
-            _ => self.params.dw = Some(gpu.conv2d_backward_weight(&x, &dy, khw, &self.spec)?),
+        let accumulate = p.accumulating();
+        match (&mut p.dw, accumulate) {
+            (Some(dw), true) => gpu.conv2d_backward_weight_accumulate(&x, &dy, &self.spec, dw)?,
+            _ => p.dw = Some(gpu.conv2d_backward_weight(&x, &dy, khw, &self.spec)?),
         }
-        if self.params.bias.is_some() {
-            match (&mut self.params.db, fresh) {
-                (Some(db), false) => gpu.conv2d_backward_bias_accumulate(&dy, db)?,
-                _ => self.params.db = Some(gpu.conv2d_backward_bias(&dy)?),
+        if p.bias.is_some() {
+            match (&mut p.db, accumulate) {
+                (Some(db), true) => gpu.conv2d_backward_bias_accumulate(&dy, db)?,
+                _ => p.db = Some(gpu.conv2d_backward_bias(&dy)?),
             }
         }
+        p.grads_done();
         Ok(())
     }
     weight_bias_layer_methods!("Conv2d");
 }
 
-/// Fully connected layer `y = x · wᵀ + b`, weight `[out, in]`, bias `[out]`.
+/// Fully connected layer `y = x · wᵀ + b`, weight `[out, in]`, bias `[out]`. Applied several
+/// times in a step, its gradients add up as [`Conv2d`]'s do.
 pub struct Linear {
     params: WeightBias,
-    input: Option<Tensor>,
 }
 
 impl Linear {
@@ -220,7 +223,6 @@ impl Linear {
         }
         Ok(Linear {
             params: WeightBias::new("Linear", weight, bias)?,
-            input: None,
         })
     }
 
@@ -229,33 +231,62 @@ impl Linear {
 
 impl Layer for Linear {
     fn forward(&mut self, gpu: &Gpu, x: Tensor) -> Result<Tensor> {
-        let y = gpu.linear_forward(&x, &self.params.weight, self.params.bias.as_ref())?;
-        self.input = Some(x);
+        let y = self.infer(gpu, &x)?;
+        self.params.save(x);
         Ok(y)
     }
+    fn infer(&self, gpu: &Gpu, x: &Tensor) -> Result<Tensor> {
+        gpu.linear_forward(x, &self.params.weight, self.params.bias.as_ref())
+    }
     fn backward(&mut self, gpu: &Gpu, dy: Tensor) -> Result<Tensor> {
-        if self.input.is_none() {
-            return Err(no_forward("Linear"));
-        }
+        self.params.latest_input("Linear")?;
         let dx = gpu.linear_backward_input(&dy, &self.params.weight)?;
         self.backward_params(gpu, dy)?;
         Ok(dx)
     }
     fn backward_params(&mut self, gpu: &Gpu, dy: Tensor) -> Result<()> {
-        let x = self.input.take().ok_or_else(|| no_forward("Linear"))?;
-        self.params.dw = Some(gpu.linear_backward_weight(&x, &dy)?);
-        if self.params.bias.is_some() {
-            self.params.db = Some(gpu.linear_backward_bias(&dy)?);
+        let x = self.params.take_input("Linear")?;
+        let p = &mut self.params;
+        if p.accumulating() {
+            // A later use in the step: added in as a 1x1 conv's dW and db of the same sums
+            // ([N, in] and [N, out] read as [N, C, 1, 1]).
+            let (&[n, i], &[_, o]) = (x.shape(), dy.shape()) else {
+                return Err(mismatch(format!(
+                    "Linear: x must be [N, in] and dy [N, out], got x {:?} and dy {:?}",
+                    x.shape(),
+                    dy.shape()
+                )));
+            };
+            let (x4, dy4) = (
+                gpu.shaped_alias(&x, &[n, i, 1, 1]),
+                gpu.shaped_alias(&dy, &[n, o, 1, 1]),
+            );
+            let spec = Conv2dSpec::default();
+            if let Some(dw) = p.dw.take() {
+                let mut dw4 = gpu.reshape(dw, &[o, i, 1, 1])?;
+                let added = gpu.conv2d_backward_weight_accumulate(&x4, &dy4, &spec, &mut dw4);
+                p.dw = Some(gpu.reshape(dw4, &[o, i])?);
+                added?;
+            }
+            if let Some(db) = p.db.as_mut() {
+                gpu.conv2d_backward_bias_accumulate(&dy4, db)?;
+            }
+        } else {
+            p.dw = Some(gpu.linear_backward_weight(&x, &dy)?);
+            if p.bias.is_some() {
+                p.db = Some(gpu.linear_backward_bias(&dy)?);
+            }
         }
+        p.grads_done();
         Ok(())
     }
     weight_bias_layer_methods!("Linear");
 }
 
-/// ReLU; keeps its input for the backward.
+/// ReLU; each training forward keeps its input for one backward.
 #[derive(Default)]
 pub struct Relu {
-    input: Option<Tensor>,
+    inputs: Vec<Tensor>,
 }
 
 impl Relu {
@@ -267,41 +298,57 @@ impl Relu {
 
 impl Layer for Relu {
     fn forward(&mut self, gpu: &Gpu, x: Tensor) -> Result<Tensor> {
-        let y = gpu.relu_forward(&x)?;
-        self.input = Some(x);
+        let y = self.infer(gpu, &x)?;
+        self.inputs.push(x);
         Ok(y)
     }
+    fn infer(&self, gpu: &Gpu, x: &Tensor) -> Result<Tensor> {
+        gpu.relu_forward(x)
+    }
     fn backward(&mut self, gpu: &Gpu, dy: Tensor) -> Result<Tensor> {
-        let x = self.input.take().ok_or_else(|| no_forward("Relu"))?;
+        let x = pop_saved(&mut self.inputs, "Relu")?;
         gpu.relu_backward(&dy, &x)
+    }
+    fn zero_grad(&mut self) {
+        self.inputs.clear();
     }
     fn describe(&self) -> String {
         "Relu".into()
     }
 }
 
-/// Max-pool; keeps the argmax indices and the input size for the backward.
+/// Max-pool; each training forward keeps the argmax indices and the input size for one
+/// backward.
 pub struct MaxPool2d {
     spec: Pool2dSpec,
-    saved: Option<(IndexTensor, [usize; 2])>,
+    saved: Vec<(IndexTensor, [usize; 2])>,
 }
 
 impl MaxPool2d {
     /// A max-pool layer.
     pub fn new(spec: Pool2dSpec) -> Self {
-        MaxPool2d { spec, saved: None }
+        MaxPool2d {
+            spec,
+            saved: Vec::new(),
+        }
     }
 }
 
 impl Layer for MaxPool2d {
     fn forward(&mut self, gpu: &Gpu, x: Tensor) -> Result<Tensor> {
         let (y, idx) = gpu.max_pool2d_forward(&x, &self.spec)?;
-        self.saved = Some((idx, hw(&x, "MaxPool2d")?));
+        self.saved.push((idx, hw(&x, "MaxPool2d")?));
         Ok(y)
     }
+    fn infer(&self, gpu: &Gpu, x: &Tensor) -> Result<Tensor> {
+        Ok(gpu.max_pool2d_forward(x, &self.spec)?.0)
+    }
     fn backward(&mut self, gpu: &Gpu, dy: Tensor) -> Result<Tensor> {
-        let (idx, hw) = self.saved.take().ok_or_else(|| no_forward("MaxPool2d"))?;
+        let (idx, hw) = pop_saved(&mut self.saved, "MaxPool2d")?;
         gpu.max_pool2d_backward(&dy, &idx, hw, &self.spec)
+    }
+    fn zero_grad(&mut self) {
+        self.saved.clear();
     }
     fn describe(&self) -> String {
         format!(
@@ -311,11 +358,11 @@ impl Layer for MaxPool2d {
     }
 }
 
-/// Average pool; keeps the input size for the backward.
+/// Average pool; each training forward keeps the input size for one backward.
 pub struct AvgPool2d {
     spec: Pool2dSpec,
     count_include_pad: bool,
-    saved: Option<[usize; 2]>,
+    saved: Vec<[usize; 2]>,
 }
 
 impl AvgPool2d {
@@ -324,20 +371,26 @@ impl AvgPool2d {
         AvgPool2d {
             spec,
             count_include_pad,
-            saved: None,
+            saved: Vec::new(),
         }
     }
 }
 
 impl Layer for AvgPool2d {
     fn forward(&mut self, gpu: &Gpu, x: Tensor) -> Result<Tensor> {
-        let y = gpu.avg_pool2d_forward(&x, &self.spec, self.count_include_pad)?;
-        self.saved = Some(hw(&x, "AvgPool2d")?);
+        let y = self.infer(gpu, &x)?;
+        self.saved.push(hw(&x, "AvgPool2d")?);
         Ok(y)
     }
+    fn infer(&self, gpu: &Gpu, x: &Tensor) -> Result<Tensor> {
+        gpu.avg_pool2d_forward(x, &self.spec, self.count_include_pad)
+    }
     fn backward(&mut self, gpu: &Gpu, dy: Tensor) -> Result<Tensor> {
-        let hw = self.saved.take().ok_or_else(|| no_forward("AvgPool2d"))?;
+        let hw = pop_saved(&mut self.saved, "AvgPool2d")?;
         gpu.avg_pool2d_backward(&dy, hw, &self.spec, self.count_include_pad)
+    }
+    fn zero_grad(&mut self) {
+        self.saved.clear();
     }
     fn describe(&self) -> String {
         format!(
@@ -347,10 +400,21 @@ impl Layer for AvgPool2d {
     }
 }
 
-/// `[N, d1, d2, ...]` to `[N, d1·d2·...]`, a reshape without copying.
+/// `[N, d1, d2, ...]` to `[N, d1·d2·...]`: a reshape without copying in training (the input
+/// moves to the output), a copy in [`Layer::infer`] (which borrows its input).
 #[derive(Default)]
 pub struct Flatten {
-    saved: Option<Vec<usize>>,
+    saved: Vec<Vec<usize>>,
+}
+
+/// `[N, d1·d2·...]` for `shape`, or `Err` for a 0-D shape.
+fn flat_shape(shape: &[usize]) -> Result<[usize; 2]> {
+    match shape.split_first() {
+        Some((&n, rest)) => Ok([n, rest.iter().product()]),
+        None => Err(mismatch(
+            "Flatten: input must have a batch dimension, got a 0-D tensor",
+        )),
+    }
 }
 
 impl Flatten {
@@ -363,18 +427,19 @@ impl Flatten {
 impl Layer for Flatten {
     fn forward(&mut self, gpu: &Gpu, x: Tensor) -> Result<Tensor> {
         let shape = x.shape().to_vec();
-        let Some((&n, rest)) = shape.split_first() else {
-            return Err(mismatch(
-                "Flatten: input must have a batch dimension, got a 0-D tensor",
-            ));
-        };
-        let y = gpu.reshape(x, &[n, rest.iter().product()])?;
-        self.saved = Some(shape);
+        let y = gpu.reshape(x, &flat_shape(&shape)?)?;
+        self.saved.push(shape);
         Ok(y)
     }
+    fn infer(&self, gpu: &Gpu, x: &Tensor) -> Result<Tensor> {
+        gpu.reshaped_copy(x, &flat_shape(x.shape())?)
+    }
     fn backward(&mut self, gpu: &Gpu, dy: Tensor) -> Result<Tensor> {
-        let shape = self.saved.take().ok_or_else(|| no_forward("Flatten"))?;
+        let shape = pop_saved(&mut self.saved, "Flatten")?;
         gpu.reshape(dy, &shape)
+    }
+    fn zero_grad(&mut self) {
+        self.saved.clear();
     }
     fn describe(&self) -> String {
         "Flatten".into()
@@ -382,12 +447,18 @@ impl Layer for Flatten {
 }
 
 /// A layer's weight (first dimension: its outputs) and optional bias `[outputs]`, with their
-/// gradients from the last backward.
+/// gradients and the inputs its training forwards saved, each marked with the step it belongs
+/// to.
 struct WeightBias {
     weight: Tensor,
     bias: Option<Tensor>,
     dw: Option<Tensor>,
     db: Option<Tensor>,
+    clock: StepClock,
+    /// The step `dw` and `db` belong to.
+    grads_step: Option<u64>,
+    /// Inputs of the training forwards not yet taken by a backward, latest last.
+    inputs: Vec<(u64, Tensor)>,
 }
 
 impl WeightBias {
@@ -407,19 +478,58 @@ impl WeightBias {
             bias,
             dw: None,
             db: None,
+            clock: StepClock::new(),
+            grads_step: None,
+            inputs: Vec::new(),
         })
     }
 
+    /// Saves a training forward's input for this step's backward, dropping the inputs of
+    /// earlier steps that no backward took.
+    fn save(&mut self, x: Tensor) {
+        let now = self.clock.now();
+        self.inputs.retain(|(step, _)| *step == now);
+        self.inputs.push((now, x));
+    }
+
+    /// The input of this step's latest training forward, or `Err` naming `layer`.
+    fn latest_input(&self, layer: &str) -> Result<&Tensor> {
+        match self.inputs.last() {
+            Some((step, x)) if *step == self.clock.now() => Ok(x),
+            _ => Err(no_forward(layer)),
+        }
+    }
+
+    /// Takes the input of this step's latest training forward, or `Err` naming `layer`.
+    fn take_input(&mut self, layer: &str) -> Result<Tensor> {
+        self.latest_input(layer)?;
+        let (_, x) = self.inputs.pop().ok_or_else(|| no_forward(layer))?;
+        Ok(x)
+    }
+
+    /// Whether a backward adds to the gradients: they exist and belong to this step.
+    fn accumulating(&self) -> bool {
+        self.dw.is_some() && self.grads_step == Some(self.clock.now())
+    }
+
+    /// Marks the gradients as this step's, once a backward has written them.
+    fn grads_done(&mut self) {
+        self.grads_step = Some(self.clock.now());
+    }
+
+    fn zero_grad(&mut self) {
+        self.dw = None;
+        self.db = None;
+        self.grads_step = None;
+        self.inputs.clear();
+        self.clock.end();
+    }
+
     fn parameters_mut(&mut self) -> Vec<Param<'_>> {
-        let mut v = vec![Param {
-            value: &mut self.weight,
-            grad: self.dw.as_ref(),
-        }];
+        let clock = &self.clock;
+        let mut v = vec![Param::with_clock(&mut self.weight, self.dw.as_ref(), clock)];
         if let Some(b) = self.bias.as_mut() {
-            v.push(Param {
-                value: b,
-                grad: self.db.as_ref(),
-            });
+            v.push(Param::with_clock(b, self.db.as_ref(), clock));
         }
         v
     }

@@ -2,10 +2,26 @@
 //! backward, a [`Sequential`] container, PyTorch's initialisation, and an [`Sgd`] optimizer.
 //! Tensors stay on the GPU for the whole step; only the loss need be read back.
 //!
-//! Layers take their input by value and keep what their backward needs (the input of a conv,
-//! ReLU or linear layer; the indices of a max-pool), so nothing is copied. `backward` returns
-//! the input gradient and stores the parameter gradients, replacing those of the previous step
-//! (there is no accumulation across backward calls, so no `zero_grad`).
+//! # Training steps
+//!
+//! The rules are PyTorch's, made explicit because there is no autograd graph:
+//!
+//! - **Evaluation saves nothing.** [`Layer::infer`] is the forward for evaluation and inference
+//!   (PyTorch's `model.eval()` under `torch.no_grad()`): it takes `&self`, so it cannot save an
+//!   input or change what any later backward computes. [`Layer::forward`] is the training
+//!   forward: it saves what its backward needs, for exactly one [`Layer::backward`].
+//! - **Gradients belong to one step.** The first backward of a step replaces a layer's
+//!   gradients; every later backward of the same step adds to them, in order, on the GPU (a
+//!   layer applied twice, shared weights, gradient accumulation over micro-batches). A step
+//!   ends when the optimizer has used the gradients ([`Sgd::step`]) or at
+//!   [`Layer::zero_grad`], which also drops the gradients (PyTorch's `set_to_none`) and every
+//!   saved forward. So no `zero_grad` is needed between plain steps, and forgetting one never
+//!   sums two steps.
+//! - **Each backward takes the latest saved forward** of the current step (backwards run in
+//!   the reverse order of the forwards, as autograd runs them). A backward with no saved
+//!   forward of the current step is an `Err` naming the layer, never a computation on stale
+//!   data. A layer with parameters drops the forwards saved in earlier steps at its next
+//!   forward; the others keep theirs until [`Layer::zero_grad`], so evaluate with `infer`.
 //!
 //! ```no_run
 //! use wgconv::nn::{
@@ -29,8 +45,13 @@
 //! let logits = model.forward(&gpu, x)?;
 //! let (loss, dlogits) = gpu.softmax_cross_entropy(&logits, &labels)?;
 //! model.backward_params(&gpu, dlogits)?; // `backward` also returns the input gradient
-//! sgd.step(&gpu, model.parameters_mut())?;
+//! sgd.step(&gpu, model.parameters_mut())?; // uses the gradients and ends the step
 //! println!("loss {}", gpu.download_scalar(&loss)?);
+//!
+//! // Evaluation: nothing saved, the next step's gradients unchanged.
+//! let test = gpu.upload(&ndarray::Array4::<f32>::zeros((100, 1, 8, 8)))?;
+//! let test_logits = model.infer(&gpu, &test)?;
+//! # let _ = test_logits;
 //! # Ok(()) }
 //! ```
 
@@ -41,6 +62,8 @@ pub use layers::{AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d, Relu};
 // and the GPU driver use without depending on this module).
 #[doc(inline)]
 pub use crate::spec::SgdOptions;
+
+use std::cell::Cell;
 
 use crate::error::{Result, invalid};
 use crate::{Gpu, Tensor};
@@ -101,26 +124,87 @@ pub(crate) fn uniform_values(rng: &mut Rng, len: usize, bound: f64) -> Vec<f32> 
         .collect()
 }
 
+/// The training steps of one layer with parameters: a count of the steps ended so far. Its
+/// gradients and saved forwards carry the step they belong to; [`Param::end_step`] (called by
+/// [`Sgd::step`]) and [`Layer::zero_grad`] end the step.
+#[derive(Debug, Default)]
+pub struct StepClock(Cell<u64>);
+
+impl StepClock {
+    /// A clock in its first step.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// The current step (the number of steps ended before it).
+    pub fn now(&self) -> u64 {
+        self.0.get()
+    }
+    /// Ends the current step.
+    pub fn end(&self) {
+        self.0.set(self.0.get().wrapping_add(1));
+    }
+}
+
 /// A trainable parameter and its gradient from the last backward (`None` before any).
 pub struct Param<'a> {
     /// The parameter, updated in place by the optimizer.
     pub value: &'a mut Tensor,
     /// Its gradient.
     pub grad: Option<&'a Tensor>,
+    /// The steps of the layer that owns it, if it counts them.
+    clock: Option<&'a StepClock>,
 }
 
-/// A layer of a network on the GPU.
+impl<'a> Param<'a> {
+    /// A parameter of a layer that counts no steps (its own layer types handle them).
+    pub fn new(value: &'a mut Tensor, grad: Option<&'a Tensor>) -> Self {
+        Param {
+            value,
+            grad,
+            clock: None,
+        }
+    }
+    /// A parameter whose layer's steps `clock` counts; [`Param::end_step`] ends them.
+    pub fn with_clock(
+        value: &'a mut Tensor,
+        grad: Option<&'a Tensor>,
+        clock: &'a StepClock,
+    ) -> Self {
+        Param {
+            value,
+            grad,
+            clock: Some(clock),
+        }
+    }
+    /// Ends the owning layer's step: its next backward replaces the gradients instead of
+    /// adding to them. [`Sgd::step`] calls this once it has used the gradient.
+    pub fn end_step(&self) {
+        if let Some(clock) = self.clock {
+            clock.end();
+        }
+    }
+}
+
+/// A layer of a network on the GPU. See the [module docs](self) for the rules of a training
+/// step.
 pub trait Layer: Send {
-    /// The layer's output for `x`, saving what the backward needs.
+    /// The training forward: the layer's output for `x`, saving what one backward needs.
     fn forward(&mut self, gpu: &Gpu, x: Tensor) -> Result<Tensor>;
-    /// The input gradient for the output gradient `dy` of the last forward; stores the
-    /// parameter gradients. Errs without a forward since the last backward.
+    /// The forward for evaluation and inference (PyTorch's `eval()` under `no_grad()`): the
+    /// same output as [`Layer::forward`], saving nothing and changing nothing.
+    fn infer(&self, gpu: &Gpu, x: &Tensor) -> Result<Tensor>;
+    /// The input gradient for the output gradient `dy` of the latest saved forward of this
+    /// step; replaces (first backward of a step) or adds to (later ones) the parameter
+    /// gradients. `Err` naming the layer without a saved forward.
     fn backward(&mut self, gpu: &Gpu, dy: Tensor) -> Result<Tensor>;
     /// Like [`Layer::backward`] where the input gradient is not wanted (the first layer of a
     /// network): layers with parameters skip computing it.
     fn backward_params(&mut self, gpu: &Gpu, dy: Tensor) -> Result<()> {
         self.backward(gpu, dy).map(drop)
     }
+    /// Ends the step: drops the gradients (the next backward sets them) and every saved
+    /// forward.
+    fn zero_grad(&mut self);
     /// The parameters with their gradients, in a fixed order (weight, then bias).
     fn parameters_mut(&mut self) -> Vec<Param<'_>> {
         Vec::new()
@@ -159,6 +243,13 @@ impl Layer for Sequential {
     fn forward(&mut self, gpu: &Gpu, x: Tensor) -> Result<Tensor> {
         self.layers.iter_mut().try_fold(x, |x, l| l.forward(gpu, x))
     }
+    fn infer(&self, gpu: &Gpu, x: &Tensor) -> Result<Tensor> {
+        let Some((first, rest)) = self.layers.split_first() else {
+            return gpu.reshaped_copy(x, x.shape());
+        };
+        rest.iter()
+            .try_fold(first.infer(gpu, x)?, |x, l| l.infer(gpu, &x))
+    }
     fn backward(&mut self, gpu: &Gpu, dy: Tensor) -> Result<Tensor> {
         self.layers
             .iter_mut()
@@ -176,6 +267,9 @@ impl Layer for Sequential {
             .rev()
             .try_fold(dy, |dy, l| l.backward(gpu, dy))?;
         first.backward_params(gpu, dy)
+    }
+    fn zero_grad(&mut self) {
+        self.layers.iter_mut().for_each(|l| l.zero_grad());
     }
     fn parameters_mut(&mut self) -> Vec<Param<'_>> {
         self.layers
@@ -225,7 +319,8 @@ impl Sgd {
     pub fn momentum_buffers(&self) -> &[Option<Tensor>] {
         &self.buffers
     }
-    /// Updates every parameter in place from its gradient.
+    /// Updates every parameter in place from its gradient, then ends the step of each (the
+    /// next backward replaces the gradients).
     pub fn step(&mut self, gpu: &Gpu, params: Vec<Param<'_>>) -> Result<()> {
         if self.buffers.is_empty() {
             self.buffers.resize_with(params.len(), || None);
@@ -240,6 +335,7 @@ impl Sgd {
             if let Some(grad) = p.grad {
                 gpu.sgd_step(p.value, grad, buf, &self.options)?;
             }
+            p.end_step();
         }
         Ok(())
     }

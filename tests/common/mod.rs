@@ -1,8 +1,8 @@
 //! Helpers shared by the integration tests: a seeded RNG, random specs and tolerance checks
 //! here; in submodules the PyTorch fixtures (`fixtures`), the shared `Gpu` and its downloads and
 //! comparisons (`device`), the four conv ops and the pools run on the GPU against the reference
-//! (`check`), hostile values for the fuzzers (`fuzz`) and the 128-bit model of the shape math
-//! (`model`). `fixtures`, `device` and `check` are re-exported here; `fuzz` and `model` are
+//! (`check`), hostile values for the fuzzers (`fuzz`), the 128-bit model of the shape math
+//! (`model`) and the small CNN of the training tests (`net`). `fixtures`, `device` and `check` are re-exported here; `fuzz` and `model` are
 //! imported by the fuzzers that use them.
 #![allow(dead_code)]
 
@@ -11,6 +11,7 @@ pub mod device;
 pub mod fixtures;
 pub mod fuzz;
 pub mod model;
+pub mod net;
 
 // Each test binary uses some of the helpers.
 #[allow(unused_imports)]
