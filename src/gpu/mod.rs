@@ -10,7 +10,7 @@
 //! Every op validates its shapes on the host, splits work that exceeds a binding or dispatch
 //! limit into chunks, records all dispatches into one compute pass, submits, and returns without
 //! waiting for the GPU; [`Gpu::download`] waits. wgpu errors are captured with error scopes and
-//! returned as [`Error::Wgpu`]; a lost device turns every later call into [`Error::DeviceLost`].
+//! returned as [`Error::Wgpu`](crate::Error::Wgpu); a lost device turns every later call into [`Error::DeviceLost`](crate::Error::DeviceLost).
 
 mod bands;
 mod buffers;
@@ -171,7 +171,7 @@ impl Gpu {
     }
 
     /// How long a download or [`Gpu::synchronize`] waits for the GPU before returning
-    /// [`Error::Readback`].
+    /// [`Error::Readback`](crate::Error::Readback).
     pub fn poll_timeout(&self) -> Duration {
         Duration::from_nanos(self.poll_timeout.load(Ordering::Relaxed))
     }
