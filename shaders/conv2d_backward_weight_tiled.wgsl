@@ -17,6 +17,33 @@
 @group(0) @binding(2) var<storage, read> dy: array<f32>;
 @group(0) @binding(3) var<storage, read_write> partial: array<f32>;
 
+// Where a workgroup's partial dW tile goes: its first output channel k0 and tap r0t, group,
+// the invocation's block position, and the split's first element.
+struct DwTile { k0: u32, r0t: u32, g: u32, tx: u32, ty: u32, base: u32 }
+
+// Stores block row i of the invocation: lo holds taps 4 * ty + {0..3}, hi (TN = 8) the same
+// taps of the tile's right half.
+fn store_row(t: DwTile, i: u32, lo: vec4<f32>, hi: vec4<f32>) {
+    let k = t.k0 + block_row(i, t.tx);
+    if (k >= p.kg) {
+        return;
+    }
+    let at = t.base + (t.g * p.kg + k) * p.reduce;
+    store_cols(t, at, 0u, lo);
+    if (TN == 8u) {
+        store_cols(t, at, 1u, hi);
+    }
+}
+
+fn store_cols(t: DwTile, at: u32, jj: u32, v: vec4<f32>) {
+    for (var cc = 0u; cc < 4u; cc++) {
+        let r = t.r0t + block_col(jj, cc, t.ty);
+        if (r < p.reduce) {
+            partial[at + r] = v[cc];
+        }
+    }
+}
+
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) tid: u32) {
@@ -98,21 +125,16 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         workgroupBarrier();
     }
 
-    let out_base = id.split * p.k * r_count;
-    for (var i = 0u; i < TM; i++) {
-        let k = k0 + block_row(i, tx);
-        if (k >= p.kg) {
-            continue;
-        }
-        for (var jj = 0u; jj < TN / 4u; jj++) {
-            let v = acc[2u * i + jj];
-            for (var cc = 0u; cc < 4u; cc++) {
-                let r = r0t + block_col(jj, cc, ty);
-                if (r >= r_count) {
-                    continue;
-                }
-                partial[out_base + (g * p.kg + k) * r_count + r] = v[cc];
-            }
-        }
+    // The block's rows, each with constant indices into acc (see lib/gemm_tile.wgsl).
+    let t = DwTile(k0, r0t, g, tx, ty, id.split * p.k * r_count);
+    store_row(t, 0u, acc[0], acc[1]);
+    store_row(t, 1u, acc[2], acc[3]);
+    store_row(t, 2u, acc[4], acc[5]);
+    store_row(t, 3u, acc[6], acc[7]);
+    if (TM == 8u) {
+        store_row(t, 4u, acc[8], acc[9]);
+        store_row(t, 5u, acc[10], acc[11]);
+        store_row(t, 6u, acc[12], acc[13]);
+        store_row(t, 7u, acc[14], acc[15]);
     }
 }

@@ -108,6 +108,47 @@ fn fetch_b(r: u32, r_count: u32, wb: ptr<function, Walk>, col_ok: bool, w_base: 
     return v;
 }
 
+// The bias of column col of group g, or 0 (no bias, a later split, or past the group).
+fn bias_at(on: bool, g: u32, col: u32) -> f32 {
+    if (on && col < p.out_cg) {
+        return bias[p.b_off + g * p.out_cg + col];
+    }
+    return 0.0;
+}
+
+// Where a workgroup's output tile goes: its first row and column, group, the invocation's
+// block position, the rows' plane and count, and the output's (or the split's) first element.
+struct OutTile {
+    m0: u32, col0: u32, g: u32, tx: u32, ty: u32, plane: u32, m_count: u32, base: u32,
+}
+
+// Stores block row i of the invocation: lo holds columns 4 * ty + {0..3}, hi (TN = 8) the
+// same columns of the tile's right half.
+fn store_row(t: OutTile, i: u32, lo: vec4<f32>, hi: vec4<f32>) {
+    let om = t.m0 + block_row(i, t.tx);
+    if (om >= t.m_count) {
+        return;
+    }
+    let on = om / t.plane;
+    let orow = p.first_h + p.o_step_h * ((om % t.plane) / p.cols);
+    let ocol = p.first_w + p.o_step_w * (om % p.cols);
+    let at = t.base + on * p.out_c * p.out_h * p.out_w + orow * p.out_w + ocol;
+    store_cols(t, at, 0u, lo);
+    if (TN == 8u) {
+        store_cols(t, at, 1u, hi);
+    }
+}
+
+// The four columns of block column jj of one output pixel (element at + channel * plane).
+fn store_cols(t: OutTile, at: u32, jj: u32, v: vec4<f32>) {
+    for (var cc = 0u; cc < 4u; cc++) {
+        let col = t.col0 + block_col(jj, cc, t.ty);
+        if (col < p.out_cg) {
+            out[at + (t.g * p.out_cg + col) * p.out_h * p.out_w] = v[cc];
+        }
+    }
+}
+
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) tid: u32) {
@@ -148,17 +189,15 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 
     // The bias of this invocation's columns, read up front: reading it in the epilogue's loops
     // made one driver (NVIDIA) keep the accumulators in local memory, 8x slower.
-    var bvals: array<vec4<f32>, 2>;
-    for (var jj = 0u; jj < 2u; jj++) {
-        for (var cc = 0u; cc < 4u; cc++) {
-            let col = col0 + block_col(jj, cc, ty);
-            var bv = 0.0;
-            if (p.has_bias != 0u && split == 0u && col < p.out_cg) {
-                bv = bias[p.b_off + g * p.out_cg + col];
-            }
-            bvals[jj][cc] = bv;
-        }
-    }
+    let bias_on = p.has_bias != 0u && split == 0u;
+    let b_lo = vec4<f32>(bias_at(bias_on, g, col0 + block_col(0u, 0u, ty)),
+                         bias_at(bias_on, g, col0 + block_col(0u, 1u, ty)),
+                         bias_at(bias_on, g, col0 + block_col(0u, 2u, ty)),
+                         bias_at(bias_on, g, col0 + block_col(0u, 3u, ty)));
+    let b_hi = vec4<f32>(bias_at(bias_on, g, col0 + block_col(1u, 0u, ty)),
+                         bias_at(bias_on, g, col0 + block_col(1u, 1u, ty)),
+                         bias_at(bias_on, g, col0 + block_col(1u, 2u, ty)),
+                         bias_at(bias_on, g, col0 + block_col(1u, 3u, ty)));
     // Register double buffering: the global loads of step r0 + BK are issued before the
     // arithmetic of step r0, so their latency hides behind it.
     let ra = r_begin + tid / BM;
@@ -187,27 +226,16 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         workgroupBarrier();
     }
 
-    let out_plane = p.out_h * p.out_w;
-    let out_base = p.out_off + split * p.out_len;
-    for (var i = 0u; i < TM; i++) {
-        let om = m0 + block_row(i, tx);
-        if (om >= m_count) {
-            continue;
-        }
-        let on = om / plane;
-        let orow = p.first_h + p.o_step_h * ((om % plane) / p.cols);
-        let ocol = p.first_w + p.o_step_w * (om % p.cols);
-        let pix = orow * p.out_w + ocol;
-        for (var jj = 0u; jj < TN / 4u; jj++) {
-            let v = acc[2u * i + jj];
-            for (var cc = 0u; cc < 4u; cc++) {
-                let col = col0 + block_col(jj, cc, ty);
-                if (col >= p.out_cg) {
-                    continue;
-                }
-                let ch = g * p.out_cg + col;
-                out[out_base + (on * p.out_c + ch) * out_plane + pix] = v[cc] + bvals[jj][cc];
-            }
-        }
+    // The block's rows, each with constant indices into acc (see lib/gemm_tile.wgsl).
+    let t = OutTile(m0, col0, g, tx, ty, plane, m_count, p.out_off + split * p.out_len);
+    store_row(t, 0u, acc[0] + b_lo, acc[1] + b_hi);
+    store_row(t, 1u, acc[2] + b_lo, acc[3] + b_hi);
+    store_row(t, 2u, acc[4] + b_lo, acc[5] + b_hi);
+    store_row(t, 3u, acc[6] + b_lo, acc[7] + b_hi);
+    if (TM == 8u) {
+        store_row(t, 4u, acc[8] + b_lo, acc[9] + b_hi);
+        store_row(t, 5u, acc[10] + b_lo, acc[11] + b_hi);
+        store_row(t, 6u, acc[12] + b_lo, acc[13] + b_hi);
+        store_row(t, 7u, acc[14] + b_lo, acc[15] + b_hi);
     }
 }

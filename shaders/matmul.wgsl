@@ -66,10 +66,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let tr = lid / GRID;
     let tc = lid % GRID;
 
-    var acc: array<f32, 16>;
-    for (var i = 0u; i < 16u; i++) {
-        acc[i] = 0.0;
-    }
+    // The 4 x 4 block as four row vectors, never an array indexed at run time (see
+    // lib/gemm_tile.wgsl): c_i[j] += a_i * b_j, the same products and sums in the same order.
+    var c0 = vec4<f32>(0.0);
+    var c1 = vec4<f32>(0.0);
+    var c2 = vec4<f32>(0.0);
+    var c3 = vec4<f32>(0.0);
     for (var k0 = 0u; k0 < p.k; k0 += BK) {
         // 512 elements of each tile, 8 per invocation; consecutive invocations read
         // consecutive addresses of the stored layout.
@@ -97,34 +99,35 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         }
         workgroupBarrier();
         for (var kk = 0u; kk < BK; kk++) {
-            var av: array<f32, 4>;
-            var bv: array<f32, 4>;
-            for (var i = 0u; i < 4u; i++) {
-                av[i] = a_tile[kk * BM + tr * 4u + i];
-                bv[i] = b_tile[kk * BN + tc * 4u + i];
-            }
-            for (var i = 0u; i < 4u; i++) {
-                for (var j = 0u; j < 4u; j++) {
-                    acc[i * 4u + j] += av[i] * bv[j];
-                }
-            }
+            let ai = kk * BM + tr * 4u;
+            let bi = kk * BN + tc * 4u;
+            let av = vec4<f32>(a_tile[ai], a_tile[ai + 1u], a_tile[ai + 2u], a_tile[ai + 3u]);
+            let bv = vec4<f32>(b_tile[bi], b_tile[bi + 1u], b_tile[bi + 2u], b_tile[bi + 3u]);
+            c0 += av.x * bv;
+            c1 += av.y * bv;
+            c2 += av.z * bv;
+            c3 += av.w * bv;
         }
         workgroupBarrier();
     }
-    for (var i = 0u; i < 4u; i++) {
-        let row = row0 + tr * 4u + i;
-        if (row >= p.m) {
-            continue;
-        }
-        for (var j = 0u; j < 4u; j++) {
-            let col = col0 + tc * 4u + j;
-            if (col < p.n) {
-                var v = acc[i * 4u + j];
-                if (p.has_bias != 0u) {
-                    v += bias[col];
-                }
-                c[row * p.n + col] = v;
+    store_row(row0 + tr * 4u, col0 + tc * 4u, c0);
+    store_row(row0 + tr * 4u + 1u, col0 + tc * 4u, c1);
+    store_row(row0 + tr * 4u + 2u, col0 + tc * 4u, c2);
+    store_row(row0 + tr * 4u + 3u, col0 + tc * 4u, c3);
+}
+
+// Row `row` of c from column `col` on: four elements plus the bias, those inside c.
+fn store_row(row: u32, col: u32, v: vec4<f32>) {
+    if (row >= p.m) {
+        return;
+    }
+    for (var j = 0u; j < 4u; j++) {
+        if (col + j < p.n) {
+            var x = v[j];
+            if (p.has_bias != 0u) {
+                x += bias[col + j];
             }
+            c[row * p.n + col + j] = x;
         }
     }
 }

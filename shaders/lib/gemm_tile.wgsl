@@ -40,17 +40,17 @@ fn tile_id(item: u32, tiles_m: u32, tiles_n: u32, groups: u32) -> TileId {
                   tile / (tiles_m * tiles_n), item / tiles);
 }
 
-// acc[2 * i + jj] holds block row i (of TM), columns 4 * jj .. 4 * jj + 3 (of TN).
+// acc[2 * i + jj] holds block row i (of TM), columns 4 * jj .. 4 * jj + 3 (of TN). Every access
+// to it uses a constant index (naga's AccessIndex; tests/shaders.rs checks): a register array
+// indexed with a run-time value goes to scratch memory wherever the compiler does not unroll
+// the loop around the access (lavapipe does not; Metal, RADV/ACO and ANV need not).
 fn zero_block() -> array<vec4<f32>, 16> {
-    var acc: array<vec4<f32>, 16>;
-    for (var i = 0u; i < 16u; i++) {
-        acc[i] = vec4<f32>(0.0);
-    }
-    return acc;
+    return array<vec4<f32>, 16>();
 }
 
 // Adds the staged BK steps to the register block of invocation (tx, ty), step by step in
-// order (every kernel sums in the same order: the results are the same bits).
+// order (every kernel sums in the same order: the results are the same bits). The block's
+// lower rows (TM = 8) and right columns (TN = 8) are written out, constant-indexed.
 fn multiply_tiles(acc: ptr<function, array<vec4<f32>, 16>>, tx: u32, ty: u32) {
     for (var kk = 0u; kk < BK; kk++) {
         let b0 = b_tile[(kk * BN) / 4u + ty];
@@ -58,18 +58,28 @@ fn multiply_tiles(acc: ptr<function, array<vec4<f32>, 16>>, tx: u32, ty: u32) {
         if (TN == 8u) {
             b1 = b_tile[(kk * BN + BN / 2u) / 4u + ty];
         }
-        for (var half = 0u; half < TM / 4u; half++) {
-            let a = a_tile[(kk * BM + half * (BM / 2u)) / 4u + tx];
-            let i0 = 8u * half;
-            (*acc)[i0] = fma(vec4<f32>(a.x), b0, (*acc)[i0]);
-            (*acc)[i0 + 2u] = fma(vec4<f32>(a.y), b0, (*acc)[i0 + 2u]);
-            (*acc)[i0 + 4u] = fma(vec4<f32>(a.z), b0, (*acc)[i0 + 4u]);
-            (*acc)[i0 + 6u] = fma(vec4<f32>(a.w), b0, (*acc)[i0 + 6u]);
+        let a0 = a_tile[(kk * BM) / 4u + tx];
+        (*acc)[0] = fma(vec4<f32>(a0.x), b0, (*acc)[0]);
+        (*acc)[2] = fma(vec4<f32>(a0.y), b0, (*acc)[2]);
+        (*acc)[4] = fma(vec4<f32>(a0.z), b0, (*acc)[4]);
+        (*acc)[6] = fma(vec4<f32>(a0.w), b0, (*acc)[6]);
+        if (TN == 8u) {
+            (*acc)[1] = fma(vec4<f32>(a0.x), b1, (*acc)[1]);
+            (*acc)[3] = fma(vec4<f32>(a0.y), b1, (*acc)[3]);
+            (*acc)[5] = fma(vec4<f32>(a0.z), b1, (*acc)[5]);
+            (*acc)[7] = fma(vec4<f32>(a0.w), b1, (*acc)[7]);
+        }
+        if (TM == 8u) {
+            let a1 = a_tile[(kk * BM + BM / 2u) / 4u + tx];
+            (*acc)[8] = fma(vec4<f32>(a1.x), b0, (*acc)[8]);
+            (*acc)[10] = fma(vec4<f32>(a1.y), b0, (*acc)[10]);
+            (*acc)[12] = fma(vec4<f32>(a1.z), b0, (*acc)[12]);
+            (*acc)[14] = fma(vec4<f32>(a1.w), b0, (*acc)[14]);
             if (TN == 8u) {
-                (*acc)[i0 + 1u] = fma(vec4<f32>(a.x), b1, (*acc)[i0 + 1u]);
-                (*acc)[i0 + 3u] = fma(vec4<f32>(a.y), b1, (*acc)[i0 + 3u]);
-                (*acc)[i0 + 5u] = fma(vec4<f32>(a.z), b1, (*acc)[i0 + 5u]);
-                (*acc)[i0 + 7u] = fma(vec4<f32>(a.w), b1, (*acc)[i0 + 7u]);
+                (*acc)[9] = fma(vec4<f32>(a1.x), b1, (*acc)[9]);
+                (*acc)[11] = fma(vec4<f32>(a1.y), b1, (*acc)[11]);
+                (*acc)[13] = fma(vec4<f32>(a1.z), b1, (*acc)[13]);
+                (*acc)[15] = fma(vec4<f32>(a1.w), b1, (*acc)[15]);
             }
         }
     }
