@@ -5,12 +5,14 @@
 #![warn(missing_docs)]
 
 pub mod compare;
+pub mod dtype;
 pub mod error;
 pub mod gpu;
 pub mod nn;
 pub mod reference;
 pub mod spec;
 
+pub use dtype::DType;
 pub use error::{Error, Result};
 pub use gpu::{
     Algorithm, Gpu, GpuBuilder, GpuCounters, IndexTensor, PoolStats, Recorder, Tensor, TuneKey,

@@ -15,6 +15,7 @@
 mod bands;
 mod buffers;
 mod builder;
+mod cast;
 mod check;
 mod conv;
 pub mod kernels;
@@ -47,6 +48,7 @@ pub use tensor::{IndexTensor, Tensor};
 use timing::Profiler;
 pub use tune::{TuneKey, TunedEntry, TunedOp};
 
+use crate::dtype::DType;
 use crate::error::Result;
 
 static NEXT_GPU_ID: AtomicU64 = AtomicU64::new(1);
@@ -222,13 +224,27 @@ impl Gpu {
         (bind, elem_off)
     }
 
+    /// Binds elements `[start, end)` of `raw` in its dtype: a 16-bit window is the words that
+    /// hold them (`start` even). Returns the binding and the window's first word in it.
+    pub(crate) fn typed_window<'a>(
+        &self,
+        raw: &'a tensor::Raw,
+        start: usize,
+        end: usize,
+    ) -> (Bind<'a>, u32) {
+        match raw.dtype {
+            DType::F32 => self.window(raw, start, end),
+            DType::F16 | DType::BF16 => self.window(raw, start / 2, end.div_ceil(2)),
+        }
+    }
+
     /// All of `raw` (its first `elems` elements), or the placeholder for an empty tensor.
     pub(crate) fn whole<'a>(&'a self, raw: &'a tensor::Raw, elems: usize) -> Bind<'a> {
         match &raw.buf {
             Some(b) => Bind {
                 buffer: b.buffer(),
                 offset: raw.offset,
-                size: (elems.max(1) as u64) * 4,
+                size: raw.dtype.storage_bytes(elems.max(1)).unwrap_or(u64::MAX),
             },
             None => Bind::whole(&self.dummy, 0),
         }
@@ -247,7 +263,7 @@ impl Gpu {
     /// Fills `raw` with `bits` (NaN for f32 outputs) so an element no kernel writes is caught.
     pub(crate) fn poison(&self, raw: &tensor::Raw, bits: u32) -> Result<()> {
         if self.poison && raw.len > 0 {
-            let fill = vec![bits; raw.len];
+            let fill = vec![bits; (raw.bytes() / 4) as usize];
             self.scoped("poisoning an output", || {
                 self.queue
                     .write_buffer(raw.buffer(), raw.offset, bytemuck::cast_slice(&fill))

@@ -68,7 +68,7 @@ impl Gpu {
                 t.len()
             )));
         }
-        let out = self.alloc(shape, "reshaped_copy output")?;
+        let out = self.alloc_as(shape, t.dtype(), "reshaped_copy output")?;
         if len > 0 {
             let mut rec = Record::new();
             rec.push_copy(&t.raw, &out);
@@ -146,7 +146,7 @@ impl Gpu {
     /// [`reference::nn::relu_forward`](crate::reference::nn::relu_forward).
     pub fn relu_forward(&self, x: &Tensor) -> Result<Tensor> {
         const OP: &str = "relu_forward";
-        self.check_owner(&x.raw, OP)?;
+        self.check_operand(&x.raw, OP)?;
         let y = self.new_output(x.shape(), "relu_forward output")?;
         self.elementwise(OP, Kernel::ReluForward, &[&x.raw], &y.raw)?;
         if self.checked {
@@ -167,8 +167,8 @@ impl Gpu {
                 x.shape()
             )));
         }
-        self.check_owner(&dy.raw, OP)?;
-        self.check_owner(&x.raw, OP)?;
+        self.check_operand(&dy.raw, OP)?;
+        self.check_operand(&x.raw, OP)?;
         let dx = self.new_output(x.shape(), "relu_backward output")?;
         self.elementwise(OP, Kernel::ReluBackward, &[&dy.raw, &x.raw], &dx.raw)?;
         if self.checked {
@@ -189,7 +189,7 @@ impl Gpu {
             operands.push((b, "the bias"));
         }
         for (t, what) in operands {
-            self.check_owner(&t.raw, op)?;
+            self.check_operand(&t.raw, op)?;
             self.check_bindable(t.len(), &format!("{op}: {what}"))?;
         }
         let bias = match g.bias {
@@ -343,7 +343,7 @@ impl Gpu {
                 dy.shape()
             )));
         };
-        self.check_owner(&dy.raw, OP)?;
+        self.check_operand(&dy.raw, OP)?;
         let db = self.new_output(&[o], "linear_backward_bias output")?;
         if o > 0 {
             self.check_bindable(dy.len(), "linear_backward_bias: dy")?;
@@ -381,7 +381,7 @@ impl Gpu {
     ) -> Result<(Tensor, Tensor)> {
         const OP: &str = "softmax_cross_entropy";
         let (n, c) = reference::check_cross_entropy(logits.shape(), labels.shape())?;
-        self.check_owner(&logits.raw, OP)?;
+        self.check_operand(&logits.raw, OP)?;
         self.check_owner(&labels.raw, OP)?;
         let loss = self.new_output(&[], "softmax_cross_entropy loss")?;
         let grad = self.new_output(&[n, c], "softmax_cross_entropy gradient")?;
@@ -450,10 +450,10 @@ impl Gpu {
         options.validate()?;
         let buf_shape = momentum_buffer.as_ref().map(|b| b.shape());
         check_sgd_shapes(param.shape(), grad.shape(), buf_shape)?;
-        self.check_owner(&param.raw, OP)?;
-        self.check_owner(&grad.raw, OP)?;
+        self.check_operand(&param.raw, OP)?;
+        self.check_operand(&grad.raw, OP)?;
         if let Some(buf) = momentum_buffer.as_ref() {
-            self.check_owner(&buf.raw, OP)?;
+            self.check_operand(&buf.raw, OP)?;
         }
         let has_momentum = options.momentum != 0.0;
         let first_step = has_momentum && momentum_buffer.is_none();

@@ -6,6 +6,7 @@ use super::check::{Before, CheckJob, OpCall};
 use super::submit::Sink;
 use super::tensor::Raw;
 use super::{Gpu, Tensor};
+use crate::dtype::DType;
 use crate::error::{Error, Result, mismatch};
 
 /// Where an op's result goes.
@@ -27,6 +28,19 @@ impl Out<'_> {
     }
 }
 
+/// `Err` naming the dtype unless `raw` is f32: the ops compute on f32 tensors so far; a 16-bit
+/// tensor goes through [`Gpu::cast`] first.
+pub(crate) fn require_f32(raw: &Raw, op: &str) -> Result<()> {
+    if raw.dtype == DType::F32 {
+        return Ok(());
+    }
+    Err(Error::InvalidArgument(format!(
+        "{op}: the tensor of shape {:?} is {}, and this op takes f32 tensors only so far; \
+         convert it with Gpu::cast(&t, DType::F32)",
+        raw.shape, raw.dtype
+    )))
+}
+
 /// Whether two tensors' bytes overlap in one buffer.
 fn overlaps(a: &Raw, b: &Raw) -> bool {
     a.shares_buffer(b) && a.offset < b.offset + b.bytes() && b.offset < a.offset + a.bytes()
@@ -44,11 +58,18 @@ impl Gpu {
                 && (std::sync::Arc::ptr_eq(batch, &rec.batch) || batch.is_recorded())
             {
                 rec.depend_on(batch, op, &raw.shape);
+                require_f32(raw, op)?;
                 continue;
             }
-            self.check_owner(raw, op)?;
+            self.check_operand(raw, op)?;
         }
         Ok(())
+    }
+
+    /// [`Gpu::check_owner`], and `Err` unless the tensor is f32 (see [`require_f32`]).
+    pub(crate) fn check_operand(&self, raw: &Raw, op: &str) -> Result<()> {
+        self.check_owner(raw, op)?;
+        require_f32(raw, op)
     }
 
     /// The tensor an op writes, of `shape`: a new one (poisoned in checked mode), or the caller's,

@@ -14,15 +14,16 @@ use super::buffers::BufferKind;
 use super::submit::Counters;
 use super::tensor::{Raw, Storage};
 use super::{Gpu, IndexTensor, Tensor};
+use crate::dtype::DType;
 use crate::error::{Error, Result, mismatch};
 
 impl Gpu {
-    fn upload_raw(&self, shape: &[usize], bytes: &[u8], what: &str) -> Result<Raw> {
+    fn upload_raw(&self, shape: &[usize], dtype: DType, bytes: &[u8], what: &str) -> Result<Raw> {
         self.check_alive()?;
         // Refused before wgpu is called.
-        self.device_bytes(shape, what)?;
+        self.device_bytes_as(shape, dtype, what)?;
         let scope = self.scope();
-        let raw = self.alloc(shape, what)?;
+        let raw = self.alloc_as(shape, dtype, what)?;
         if raw.len > 0 {
             self.queue.write_buffer(raw.buffer(), 0, bytes);
         }
@@ -33,7 +34,8 @@ impl Gpu {
         Ok(raw)
     }
 
-    /// Copies an f32 array of any dimension and layout to the GPU.
+    /// Copies an f32 array of any dimension and layout to the GPU (an F32 tensor; see
+    /// [`Gpu::upload_as`] for 16-bit ones).
     ///
     /// ```no_run
     /// # fn main() -> wgconv::Result<()> {
@@ -48,7 +50,35 @@ impl Gpu {
         let std = a.as_standard_layout();
         let data = std.as_slice().expect("standard layout is contiguous");
         Ok(Tensor {
-            raw: self.upload_raw(a.shape(), bytemuck::cast_slice(data), "upload")?,
+            raw: self.upload_raw(a.shape(), DType::F32, bytemuck::cast_slice(data), "upload")?,
+        })
+    }
+
+    /// The host's f32 values rounded to `dtype` (to nearest, ties to even, the same bits as
+    /// [`Gpu::cast`] on the GPU) in a new tensor of that dtype; `upload_as(a, DType::F32)` is
+    /// [`Gpu::upload`]. A 16-bit tensor takes 2 bytes an element.
+    ///
+    /// ```no_run
+    /// # fn main() -> wgconv::Result<()> {
+    /// use wgconv::DType;
+    /// let gpu = wgconv::Gpu::new()?;
+    /// let t = gpu.upload_as(&ndarray::arr1(&[1.0f32, 1.0 + 1e-4, 70000.0]), DType::F16)?;
+    /// assert_eq!(t.dtype(), DType::F16);
+    /// // Downloads widen exactly to f32: the values are the f16 ones.
+    /// assert_eq!(gpu.download(&t)?.as_slice().unwrap(), &[1.0, 1.0, f32::INFINITY]);
+    /// # Ok(()) }
+    /// ```
+    pub fn upload_as<S: Data<Elem = f32>, D: Dimension>(
+        &self,
+        a: &ArrayBase<S, D>,
+        dtype: DType,
+    ) -> Result<Tensor> {
+        self.device_bytes_as(a.shape(), dtype, "upload_as")?;
+        let std = a.as_standard_layout();
+        let data = std.as_slice().expect("standard layout is contiguous");
+        let bytes = dtype.encode(data);
+        Ok(Tensor {
+            raw: self.upload_raw(a.shape(), dtype, &bytes, "upload_as")?,
         })
     }
 
@@ -61,7 +91,12 @@ impl Gpu {
         let std = a.as_standard_layout();
         let data = std.as_slice().expect("standard layout is contiguous");
         Ok(IndexTensor {
-            raw: self.upload_raw(a.shape(), bytemuck::cast_slice(data), "upload_indices")?,
+            raw: self.upload_raw(
+                a.shape(),
+                DType::F32,
+                bytemuck::cast_slice(data),
+                "upload_indices",
+            )?,
         })
     }
 
@@ -92,9 +127,10 @@ impl Gpu {
         self.read_bytes(raw.buffer(), raw.offset, raw.bytes())
     }
 
-    /// Copies a tensor back to the host (waits for the GPU to finish the work that writes it).
+    /// Copies a tensor back to the host (waits for the GPU to finish the work that writes it);
+    /// 16-bit elements are widened exactly to f32.
     pub fn download(&self, t: &Tensor) -> Result<ArrayD<f32>> {
-        to_array(&t.raw.shape, &self.download_raw(&t.raw)?)
+        to_f32_array(&t.raw.shape, t.raw.dtype, &self.download_raw(&t.raw)?)
     }
 
     /// Copies an index tensor back to the host.
@@ -208,7 +244,8 @@ impl Gpu {
         })
     }
 
-    /// Downloads `t` without blocking: the copy is submitted at the call; the future polls the
+    /// Downloads `t` without blocking (16-bit elements widened exactly to f32, as
+    /// [`Gpu::download`]): the copy is submitted at the call; the future polls the
     /// device itself (the caller need not), is `Send + 'static`, outlives `t`, and may be dropped
     /// (its staging buffer is then discarded). Errors (a pending tensor, a lost device, the
     /// poll timeout) come out of the future.
@@ -228,8 +265,8 @@ impl Gpu {
         t: &Tensor,
     ) -> impl Future<Output = Result<ArrayD<f32>>> + Send + 'static {
         let read = self.start_read(&t.raw, "download_async");
-        let shape = t.raw.shape.clone();
-        async move { to_array(&shape, &read?.await?) }
+        let (shape, dtype) = (t.raw.shape.clone(), t.raw.dtype);
+        async move { to_f32_array(&shape, dtype, &read?.await?) }
     }
 
     /// [`Gpu::download_async`] for an index tensor.
@@ -241,6 +278,19 @@ impl Gpu {
         let shape = t.raw.shape.clone();
         async move { to_array(&shape, &read?.await?) }
     }
+}
+
+/// A downloaded tensor of `dtype` as f32 values.
+fn to_f32_array(shape: &[usize], dtype: DType, bytes: &[u8]) -> Result<ArrayD<f32>> {
+    let len = shape.iter().product();
+    if bytes.len() < dtype.storage_bytes(len).unwrap_or(u64::MAX) as usize {
+        return Err(mismatch(format!(
+            "download of {shape:?} ({dtype}): {} bytes read",
+            bytes.len()
+        )));
+    }
+    ArrayD::from_shape_vec(IxDyn(shape), dtype.decode(bytes, len))
+        .map_err(|e| mismatch(format!("download of {shape:?}: {e}")))
 }
 
 fn to_array<T: bytemuck::Pod>(shape: &[usize], bytes: &[u8]) -> Result<ArrayD<T>> {

@@ -129,9 +129,17 @@ impl Record {
         self.pieces.push(Piece::Pass { op, dispatches });
     }
 
-    /// Copies all of `src` to the start of `dst`.
+    /// Copies all of `src` (any dtype) to the start of `dst`.
     pub fn push_copy(&mut self, src: &Raw, dst: &Raw) {
-        self.push_copy_elems(src, 0, dst, 0, src.len);
+        if src.len > 0 {
+            self.pieces.push(Piece::Copy {
+                src: src.buffer().clone(),
+                src_offset: src.offset,
+                dst: dst.buffer().clone(),
+                dst_offset: dst.offset,
+                bytes: src.bytes(),
+            });
+        }
     }
 
     /// Copies `elems` elements from element `from` of `src` to element `to` of `dst`.

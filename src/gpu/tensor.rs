@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 
 use super::Gpu;
 use super::buffers::PooledBuffer;
+use crate::dtype::DType;
 use crate::error::{Error, Result, mismatch};
 use crate::spec::numel;
 
@@ -77,7 +78,7 @@ impl Batch {
     }
 }
 
-/// A run of 4-byte elements on one [`Gpu`], with a shape. Empty tensors hold no buffer.
+/// A run of elements on one [`Gpu`], with a shape and a dtype. Empty tensors hold no buffer.
 #[derive(Clone)]
 pub(crate) struct Raw {
     pub buf: Option<Arc<Storage>>,
@@ -88,6 +89,8 @@ pub(crate) struct Raw {
     pub gpu_id: u64,
     /// The batch whose result this is, while it may be unsubmitted.
     pub batch: Option<Arc<Batch>>,
+    /// The element type (index tensors: 4-byte u32 elements, stored as F32 is).
+    pub dtype: DType,
 }
 
 impl Raw {
@@ -99,9 +102,10 @@ impl Raw {
             .buffer()
     }
 
-    /// Bytes of the tensor's data.
+    /// Bytes of the tensor's data: 4 an element, or 2 for a 16-bit dtype, rounded up to whole
+    /// 4-byte words (the size was checked when the tensor was made).
     pub fn bytes(&self) -> u64 {
-        self.len as u64 * 4
+        self.dtype.storage_bytes(self.len).unwrap_or(u64::MAX)
     }
 
     /// Whether this is the result of a recorded batch not yet submitted.
@@ -128,8 +132,10 @@ impl Raw {
     }
 }
 
-/// An f32 tensor in GPU memory, NCHW for the 4-D ones. Made by [`Gpu::upload`], returned by an
-/// op, or a view of the caller's buffer ([`Gpu::tensor_from_buffer`]); read back with
+/// A tensor in GPU memory, NCHW for the 4-D ones, of f32, f16 or bf16 elements
+/// ([`Tensor::dtype`]; a 16-bit tensor takes 2 bytes an element). Made by [`Gpu::upload`] or
+/// [`Gpu::upload_as`], returned by an op or [`Gpu::cast`], or a view of the caller's buffer
+/// ([`Gpu::tensor_from_buffer`], [`Gpu::tensor_from_buffer_as`]); read back as f32 with
 /// [`Gpu::download`]. A pooled buffer returns to the `Gpu`'s pool on drop.
 pub struct Tensor {
     pub(crate) raw: Raw,
@@ -187,13 +193,31 @@ macro_rules! tensor_accessors {
 tensor_accessors!(Tensor);
 tensor_accessors!(IndexTensor);
 
+impl Tensor {
+    /// The element type.
+    pub fn dtype(&self) -> DType {
+        self.raw.dtype
+    }
+}
+
 impl Gpu {
     /// Elements and bytes of a 4-byte-element tensor of `shape`, or `Err` when it does not fit
     /// one device buffer (`max_buffer_size`).
     pub(crate) fn device_bytes(&self, shape: &[usize], what: &str) -> Result<(usize, u64)> {
+        self.device_bytes_as(shape, DType::F32, what)
+    }
+
+    /// Elements and bytes of a tensor of `shape` and `dtype`, or `Err` when it does not fit one
+    /// device buffer (`max_buffer_size`).
+    pub(crate) fn device_bytes_as(
+        &self,
+        shape: &[usize],
+        dtype: DType,
+        what: &str,
+    ) -> Result<(usize, u64)> {
         let len = numel(shape, what)?;
-        let bytes = (len as u64)
-            .checked_mul(4)
+        let bytes = dtype
+            .storage_bytes(len)
             .ok_or_else(|| Error::Overflow(format!("{what} shape {shape:?} has too many bytes")))?;
         if bytes > self.limits.max_buffer_size {
             return Err(Error::DeviceLimit(format!(
@@ -211,9 +235,15 @@ impl Gpu {
         Ok(self.device_bytes(shape, what)?.0)
     }
 
-    /// A tensor of `shape` whose contents are undefined until a kernel writes them.
+    /// An f32 (or index) tensor of `shape` whose contents are undefined until a kernel writes
+    /// them.
     pub(crate) fn alloc(&self, shape: &[usize], what: &str) -> Result<Raw> {
-        let (len, bytes) = self.device_bytes(shape, what)?;
+        self.alloc_as(shape, DType::F32, what)
+    }
+
+    /// A tensor of `shape` and `dtype` whose contents are undefined until a kernel writes them.
+    pub(crate) fn alloc_as(&self, shape: &[usize], dtype: DType, what: &str) -> Result<Raw> {
+        let (len, bytes) = self.device_bytes_as(shape, dtype, what)?;
         let buf = if len == 0 {
             // No GPU work follows for an empty tensor; a lost device still fails the call.
             self.check_lost()?;
@@ -230,11 +260,19 @@ impl Gpu {
             len,
             gpu_id: self.id,
             batch: None,
+            dtype,
         })
     }
 
-    /// A view of the caller's `buffer` from byte `offset`, of `shape` (4-byte elements).
-    fn view(&self, buffer: wgpu::Buffer, offset: u64, shape: &[usize], what: &str) -> Result<Raw> {
+    /// A view of the caller's `buffer` from byte `offset`, of `shape` and `dtype`.
+    fn view(
+        &self,
+        buffer: wgpu::Buffer,
+        offset: u64,
+        shape: &[usize],
+        dtype: DType,
+        what: &str,
+    ) -> Result<Raw> {
         let len = numel(shape, what)?;
         let align = u64::from(self.limits.min_storage_buffer_offset_alignment);
         if !offset.is_multiple_of(align) {
@@ -249,14 +287,14 @@ impl Gpu {
                 buffer.usage()
             )));
         }
-        (len as u64)
-            .checked_mul(4)
+        dtype
+            .storage_bytes(len)
             .and_then(|b| b.checked_add(offset))
             .filter(|&end| end <= buffer.size())
             .ok_or_else(|| {
                 Error::InvalidArgument(format!(
-                    "{what}: shape {shape:?} ({len} elements) from byte {offset} does not fit \
-                     the buffer of {} bytes",
+                    "{what}: shape {shape:?} ({len} {dtype} elements) from byte {offset} does \
+                     not fit the buffer of {} bytes",
                     buffer.size()
                 ))
             })?;
@@ -268,6 +306,7 @@ impl Gpu {
             len,
             gpu_id: self.id,
             batch: None,
+            dtype,
         })
     }
 
@@ -296,8 +335,38 @@ impl Gpu {
         offset: u64,
         shape: &[usize],
     ) -> Result<Tensor> {
+        self.tensor_from_buffer_as(buffer, offset, shape, DType::F32)
+    }
+
+    /// A view of the caller's data in `dtype`, as [`Gpu::tensor_from_buffer`] (which is F32):
+    /// f16 as IEEE binary16, bf16 as the upper halves of binary32, little-endian, element `i`
+    /// at byte `offset + 2 i`. A view of `n` 16-bit elements needs `offset + 4 · ceil(n / 2)`
+    /// bytes in the buffer; the half-word after an odd-length view is never changed. No device
+    /// feature is needed (`SHADER_F16` or not).
+    ///
+    /// ```no_run
+    /// # fn main() -> wgconv::Result<()> {
+    /// use wgconv::DType;
+    /// let gpu = wgconv::Gpu::new()?;
+    /// let buffer = gpu.device().create_buffer(&wgpu::BufferDescriptor {
+    ///     label: Some("bf16 activations"),
+    ///     size: 512,
+    ///     usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+    ///     mapped_at_creation: false,
+    /// });
+    /// let x = gpu.tensor_from_buffer_as(buffer, 0, &[1, 2, 8, 8], DType::BF16)?;
+    /// assert_eq!(x.dtype(), DType::BF16);
+    /// # Ok(()) }
+    /// ```
+    pub fn tensor_from_buffer_as(
+        &self,
+        buffer: wgpu::Buffer,
+        offset: u64,
+        shape: &[usize],
+        dtype: DType,
+    ) -> Result<Tensor> {
         Ok(Tensor {
-            raw: self.view(buffer, offset, shape, "tensor_from_buffer")?,
+            raw: self.view(buffer, offset, shape, dtype, "tensor_from_buffer")?,
         })
     }
 
@@ -309,7 +378,13 @@ impl Gpu {
         shape: &[usize],
     ) -> Result<IndexTensor> {
         Ok(IndexTensor {
-            raw: self.view(buffer, offset, shape, "index_tensor_from_buffer")?,
+            raw: self.view(
+                buffer,
+                offset,
+                shape,
+                DType::F32,
+                "index_tensor_from_buffer",
+            )?,
         })
     }
 

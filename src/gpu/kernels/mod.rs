@@ -13,6 +13,8 @@ mod tile;
 
 use std::sync::OnceLock;
 
+use crate::dtype::DType;
+
 pub(crate) use cache::PipelineCache;
 pub use cache::aliased_source;
 pub use params::{
@@ -89,6 +91,8 @@ pub enum Kernel {
     WinogradDwOutput,
     /// `shaders/conv2d_col2im.wgsl`: dx of few-channel layers, gathering the taps a GEMM wrote.
     Conv2dCol2im,
+    /// `shaders/cast.wgsl`: a tensor converted from the first dtype to the second.
+    Cast(DType, DType),
 }
 
 /// How a storage binding is accessed (WGSL `read` or `read_write`).
@@ -145,7 +149,7 @@ macro_rules! row {
 
 /// Every kernel, one row each, in the order of [`Kernel::row`].
 #[rustfmt::skip]
-pub static TABLE: [KernelDef; 26] = [
+pub static TABLE: [KernelDef; 27] = [
     row!("conv2d_forward", ConvParams, [Read, Read, Read, ReadWrite], PerElement),
     row!("conv2d_depthwise", ConvParams, [Read, Read, Read, ReadWrite], PerElement),
     row!("conv2d_depthwise_backward_input", ConvParams, [Read, Read, ReadWrite], PerElement),
@@ -172,14 +176,15 @@ pub static TABLE: [KernelDef; 26] = [
     row!("winograd_dy", WinogradParams, [Read, ReadWrite], PerElement),
     row!("winograd_dw_output", WinogradParams, [Read, ReadWrite], PerElement),
     row!("conv2d_col2im", ConvParams, [Read, ReadWrite], PerElement),
+    row!("cast", EltParams, [Read, ReadWrite], PerElement),
 ];
 
 /// The assembled source of each row, joined on first use.
-static SOURCES: [OnceLock<String>; 26] = [const { OnceLock::new() }; 26];
+static SOURCES: [OnceLock<String>; 27] = [const { OnceLock::new() }; 27];
 
 impl Kernel {
     /// All kernels, for validation tests and warm-up.
-    pub const ALL: [Kernel; 28] = [
+    pub const ALL: [Kernel; 29] = [
         Kernel::Conv2dForward,
         Kernel::Conv2dDepthwise,
         Kernel::Conv2dDepthwiseBackwardInput,
@@ -208,6 +213,7 @@ impl Kernel {
         Kernel::WinogradDy,
         Kernel::WinogradDwOutput,
         Kernel::Conv2dCol2im,
+        Kernel::Cast(DType::F32, DType::F16),
     ];
 
     /// The implicit-GEMM kernels specialised for a tile.
@@ -249,6 +255,7 @@ impl Kernel {
             Kernel::WinogradDy => 23,
             Kernel::WinogradDwOutput => 24,
             Kernel::Conv2dCol2im => 25,
+            Kernel::Cast(..) => 26,
         }
     }
 
@@ -302,7 +309,14 @@ impl Kernel {
                 c.push(("POINTWISE", f64::from(u8::from(pointwise))));
                 c
             }
-            (Workgroup::PerElement, _) => vec![("WG", WORKGROUP.into())],
+            (Workgroup::PerElement, _) => {
+                let mut c = vec![("WG", WORKGROUP.into())];
+                if let Kernel::Cast(from, to) = self {
+                    c.push(("SRC", from.code().into()));
+                    c.push(("DST", to.code().into()));
+                }
+                c
+            }
             _ => vec![],
         }
     }

@@ -9,7 +9,11 @@
 //! built-in kernels resolves.
 
 /// The shared WGSL pieces, by the path a kernel's include line names.
-pub const LIBRARY: [(&str, &str); 13] = [
+pub const LIBRARY: [(&str, &str); 14] = [
+    (
+        "lib/dtype.wgsl",
+        include_str!("../../../shaders/lib/dtype.wgsl"),
+    ),
     (
         "lib/dx_taps.wgsl",
         include_str!("../../../shaders/lib/dx_taps.wgsl"),
