@@ -1,6 +1,8 @@
 //! `Gpu::cast`: a tensor converted to another dtype on the GPU (`shaders/cast.wgsl`).
 
 use super::kernels::{EltParams, Kernel, to_u32};
+use super::submit::Sink;
+use super::tensor::Raw;
 use super::{Dispatch, Gpu, Tensor};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -26,37 +28,7 @@ impl Gpu {
     pub fn cast(&self, t: &Tensor, dtype: DType) -> Result<Tensor> {
         const OP: &str = "cast";
         self.check_owner(&t.raw, OP)?;
-        let out = self.alloc_as(t.shape(), dtype, "cast output")?;
-        let len = t.len();
-        if len > 0 {
-            // Windows start at even elements, so a 16-bit window starts at a word.
-            let per = self.items_per_chunk(&[(1, "element"), (1, "element")], len)?;
-            let per = (per & !1).max(2);
-            let mut ds = Vec::new();
-            for e0 in (0..len).step_by(per) {
-                let e1 = (e0 + per).min(len);
-                let (src, a_off) = self.typed_window(&t.raw, e0, e1);
-                let (dst, out_off) = self.typed_window(&out, e0, e1);
-                let params = EltParams {
-                    total: to_u32(e1 - e0, "cast window")?,
-                    a_off,
-                    out_off,
-                    ..Default::default()
-                };
-                let words = match dtype {
-                    DType::F32 => e1 - e0,
-                    DType::F16 | DType::BF16 => (e1 - e0).div_ceil(2),
-                };
-                ds.push(Dispatch {
-                    kernel: Kernel::Cast(t.dtype(), dtype),
-                    params: bytemuck::bytes_of(&params).to_vec(),
-                    bindings: vec![src, dst],
-                    items: words as u64,
-                });
-            }
-            self.execute(OP, &ds)?;
-        }
-        let out = Tensor { raw: out };
+        let out = self.cast_raw(&mut Sink::Eager, &t.raw, dtype)?;
         if self.checked {
             let want = self.download(t)?.mapv(|v| dtype.round(v));
             let got = self.download(&out)?;
@@ -77,5 +49,58 @@ impl Gpu {
             }
         }
         Ok(out)
+    }
+
+    /// `src` converted to `dtype` in a new tensor, now or in the batch being recorded (the
+    /// result is then pending with it).
+    pub(crate) fn cast_raw(&self, sink: &mut Sink<'_>, src: &Raw, dtype: DType) -> Result<Tensor> {
+        let mut out = self.alloc_as(&src.shape, dtype, "cast output")?;
+        self.cast_raw_into(sink, src, &out)?;
+        if let Sink::Record(rec) = sink {
+            out.batch = Some(rec.batch.clone());
+        }
+        Ok(Tensor { raw: out })
+    }
+
+    /// `src` converted into `dst` (same length, any dtypes), now or recorded.
+    pub(crate) fn cast_raw_into(&self, sink: &mut Sink<'_>, src: &Raw, dst: &Raw) -> Result<()> {
+        const OP: &str = "cast";
+        let len = src.len;
+        if len == 0 {
+            return Ok(());
+        }
+        // Windows start at even elements, so a 16-bit window starts at a word.
+        let per = self.items_per_chunk(&[(1, "element"), (1, "element")], len)?;
+        let per = (per & !1).max(2);
+        let mut ds = Vec::new();
+        for e0 in (0..len).step_by(per) {
+            let e1 = (e0 + per).min(len);
+            let (from, a_off) = self.typed_window(src, e0, e1);
+            let (to, out_off) = self.typed_window(dst, e0, e1);
+            let params = EltParams {
+                total: to_u32(e1 - e0, "cast window")?,
+                a_off,
+                out_off,
+                ..Default::default()
+            };
+            let words = match dst.dtype {
+                DType::F32 => e1 - e0,
+                DType::F16 | DType::BF16 => (e1 - e0).div_ceil(2),
+            };
+            ds.push(Dispatch {
+                kernel: Kernel::Cast(src.dtype, dst.dtype),
+                params: bytemuck::bytes_of(&params).to_vec(),
+                bindings: vec![from, to],
+                items: words as u64,
+            });
+        }
+        match sink {
+            Sink::Eager => self.execute(OP, &ds),
+            Sink::Record(rec) => {
+                rec.keep_raws([src, dst].into_iter());
+                rec.push_pass(OP, &ds);
+                Ok(())
+            }
+        }
     }
 }

@@ -6,6 +6,7 @@
 use super::check::OpCall;
 use super::output::Out;
 use super::plan::{self, ConvPlan, DeviceProfile};
+use super::staged::operand;
 use super::submit::{Buffers, Sink};
 use super::tensor::dims4;
 use super::tune::{TuneKey, TunedOp, tuned_plan};
@@ -81,6 +82,13 @@ impl Gpu {
                 g.k
             )));
         }
+        let operands = [Some(x), Some(w), bias];
+        if let Some(dt) = self.staged_dtype(OP, &operands, out.given())? {
+            let body = |sink: &mut Sink<'_>, t: &[Option<&Tensor>], out: Out<'_>| {
+                self.conv2d_forward_op(sink, operand(t, 0), operand(t, 1), t[2], spec, out)
+            };
+            return self.via_f32(sink, OP, dt, &operands, out, body);
+        }
         let mut inputs = vec![&x.raw, &w.raw];
         inputs.extend(bias.map(|b| &b.raw));
         self.check_inputs(sink, OP, &inputs)?;
@@ -123,6 +131,14 @@ impl Gpu {
         const OP: &str = "conv2d_backward_input";
         let g =
             spec.backward_input_geometry(dims4(&dy.raw, "dy")?, dims4(&w.raw, "w")?, input_hw)?;
+        let operands = [Some(dy), Some(w)];
+        if let Some(dt) = self.staged_dtype(OP, &operands, out.given())? {
+            let body = |sink: &mut Sink<'_>, t: &[Option<&Tensor>], out: Out<'_>| {
+                let (dy, w) = (operand(t, 0), operand(t, 1));
+                self.conv2d_backward_input_op(sink, dy, w, input_hw, spec, out)
+            };
+            return self.via_f32(sink, OP, dt, &operands, out, body);
+        }
         let inputs = [&dy.raw, &w.raw];
         self.check_inputs(sink, OP, &inputs)?;
         let dx = self.target(sink, OP, &out, &g.x_shape(), &inputs)?;
@@ -164,6 +180,14 @@ impl Gpu {
         const OP: &str = "conv2d_backward_weight";
         let g =
             spec.backward_weight_geometry(dims4(&x.raw, "x")?, dims4(&dy.raw, "dy")?, kernel_hw)?;
+        let operands = [Some(x), Some(dy)];
+        if let Some(dt) = self.staged_dtype(OP, &operands, out.given())? {
+            let body = |sink: &mut Sink<'_>, t: &[Option<&Tensor>], out: Out<'_>| {
+                let (x, dy) = (operand(t, 0), operand(t, 1));
+                self.conv2d_backward_weight_op(sink, x, dy, kernel_hw, spec, out)
+            };
+            return self.via_f32(sink, OP, dt, &operands, out, body);
+        }
         let inputs = [&x.raw, &dy.raw];
         self.check_inputs(sink, OP, &inputs)?;
         let dw = self.target(sink, OP, &out, &g.w_shape(), &inputs)?;
@@ -200,6 +224,12 @@ impl Gpu {
     ) -> Result<Option<Tensor>> {
         const OP: &str = "conv2d_backward_bias";
         let shape = dims4(&dy.raw, "dy")?;
+        if let Some(dt) = self.staged_dtype(OP, &[Some(dy)], out.given())? {
+            let body = |sink: &mut Sink<'_>, t: &[Option<&Tensor>], out: Out<'_>| {
+                self.conv2d_backward_bias_op(sink, operand(t, 0), out)
+            };
+            return self.via_f32(sink, OP, dt, &[Some(dy)], out, body);
+        }
         self.check_inputs(sink, OP, &[&dy.raw])?;
         let db = self.target(sink, OP, &out, &[shape[1]], &[&dy.raw])?;
         let before = self.before(sink, &out)?;

@@ -25,6 +25,7 @@ pub mod plan;
 mod pool;
 mod readback;
 mod recorder;
+mod staged;
 mod submit;
 mod tensor;
 mod timing;
@@ -263,7 +264,17 @@ impl Gpu {
     /// Fills `raw` with `bits` (NaN for f32 outputs) so an element no kernel writes is caught.
     pub(crate) fn poison(&self, raw: &tensor::Raw, bits: u32) -> Result<()> {
         if self.poison && raw.len > 0 {
-            let fill = vec![bits; (raw.bytes() / 4) as usize];
+            // A 16-bit tensor: its whole words only (the half-word after an odd-length view is
+            // not its own), with a NaN in each half.
+            let (words, bits) = match raw.dtype {
+                DType::F32 => (raw.len, bits),
+                DType::F16 => (raw.len / 2, 0x7e00_7e00),
+                DType::BF16 => (raw.len / 2, 0x7fc0_7fc0),
+            };
+            if words == 0 {
+                return Ok(());
+            }
+            let fill = vec![bits; words];
             self.scoped("poisoning an output", || {
                 self.queue
                     .write_buffer(raw.buffer(), raw.offset, bytemuck::cast_slice(&fill))

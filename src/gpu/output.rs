@@ -20,7 +20,8 @@ pub(crate) enum Out<'t> {
 }
 
 impl Out<'_> {
-    fn given(&self) -> Option<&Tensor> {
+    /// The caller's tensor, if the op writes one.
+    pub(crate) fn given(&self) -> Option<&Tensor> {
         match self {
             Out::New => None,
             Out::Into(t) | Out::Accumulate(t) => Some(t),
@@ -28,8 +29,8 @@ impl Out<'_> {
     }
 }
 
-/// `Err` naming the dtype unless `raw` is f32: the ops compute on f32 tensors so far; a 16-bit
-/// tensor goes through [`Gpu::cast`] first.
+/// `Err` naming the dtype unless `raw` is f32: the `nn` ops compute on f32 tensors so far; a
+/// 16-bit tensor goes through [`Gpu::cast`] first.
 pub(crate) fn require_f32(raw: &Raw, op: &str) -> Result<()> {
     if raw.dtype == DType::F32 {
         return Ok(());
@@ -47,7 +48,8 @@ fn overlaps(a: &Raw, b: &Raw) -> bool {
 }
 
 impl Gpu {
-    /// `Err` unless every input belongs to this `Gpu` and is not pending, except results of a
+    /// `Err` unless every input belongs to this `Gpu` and is not pending (of any dtype: the
+    /// conv and pool ops stage 16-bit operands through f32, `staged.rs`), except results of a
     /// recorded batch when this op is recorded too: its own batch's, or another recorder's,
     /// which then becomes a dependency of this batch (that one must be submitted or encoded
     /// first).
@@ -58,10 +60,9 @@ impl Gpu {
                 && (std::sync::Arc::ptr_eq(batch, &rec.batch) || batch.is_recorded())
             {
                 rec.depend_on(batch, op, &raw.shape);
-                require_f32(raw, op)?;
                 continue;
             }
-            self.check_operand(raw, op)?;
+            self.check_owner(raw, op)?;
         }
         Ok(())
     }

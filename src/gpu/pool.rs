@@ -5,9 +5,11 @@ use super::check::OpCall;
 use super::conv::new;
 use super::output::Out;
 use super::plan::{self, PoolKind};
+use super::staged::{no_result, operand};
 use super::submit::{Buffers, Sink};
 use super::tensor::{Raw, dims4};
 use super::{Gpu, IndexTensor, Tensor};
+use crate::dtype::DType;
 use crate::error::{Result, mismatch};
 use crate::spec::{Pool2dGeometry, Pool2dSpec};
 
@@ -57,6 +59,10 @@ impl Gpu {
     ) -> Result<Option<(Tensor, IndexTensor)>> {
         const OP: &str = "max_pool2d_forward";
         let g = spec.max_geometry(dims4(&x.raw, "x")?)?;
+        let y_given = outs.as_ref().map(|(y, _)| &**y);
+        if let Some(dt) = self.staged_dtype(OP, &[Some(x)], y_given)? {
+            return self.max_pool2d_forward_staged(sink, x, spec, outs, dt);
+        }
         self.check_inputs(sink, OP, &[&x.raw])?;
         let (out, idx_out) = match outs {
             Some((y, idx)) => (Out::Into(y), Some(idx)),
@@ -102,6 +108,14 @@ impl Gpu {
     ) -> Result<Option<Tensor>> {
         const OP: &str = "max_pool2d_backward";
         let g = spec.max_backward_geometry(dims4(&dy.raw, "dy")?, indices.shape(), input_hw)?;
+        if let Some(dt) = self.staged_dtype(OP, &[Some(dy)], out.given())? {
+            self.check_inputs(sink, OP, &[&indices.raw])?;
+            let body = |sink: &mut Sink<'_>, t: &[Option<&Tensor>], out: Out<'_>| {
+                let dy = operand(t, 0);
+                self.max_pool2d_backward_op(sink, dy, indices, input_hw, spec, out)
+            };
+            return self.via_f32(sink, OP, dt, &[Some(dy)], out, body);
+        }
         let inputs = [&dy.raw, &indices.raw];
         self.check_inputs(sink, OP, &inputs)?;
         let dx = self.target(sink, OP, &out, &g.x_shape(), &inputs)?;
@@ -133,6 +147,13 @@ impl Gpu {
     ) -> Result<Option<Tensor>> {
         const OP: &str = "avg_pool2d_forward";
         let g = spec.avg_geometry(dims4(&x.raw, "x")?)?;
+        if let Some(dt) = self.staged_dtype(OP, &[Some(x)], out.given())? {
+            let cip = count_include_pad;
+            let body = |sink: &mut Sink<'_>, t: &[Option<&Tensor>], out: Out<'_>| {
+                self.avg_pool2d_forward_op(sink, operand(t, 0), spec, cip, out)
+            };
+            return self.via_f32(sink, OP, dt, &[Some(x)], out, body);
+        }
         self.check_inputs(sink, OP, &[&x.raw])?;
         let y = self.target(sink, OP, &out, &g.y_shape(), &[&x.raw])?;
         if y.len > 0 {
@@ -163,6 +184,13 @@ impl Gpu {
     ) -> Result<Option<Tensor>> {
         const OP: &str = "avg_pool2d_backward";
         let g = spec.backward_geometry(dims4(&dy.raw, "dy")?, input_hw, true)?;
+        if let Some(dt) = self.staged_dtype(OP, &[Some(dy)], out.given())? {
+            let cip = count_include_pad;
+            let body = |sink: &mut Sink<'_>, t: &[Option<&Tensor>], out: Out<'_>| {
+                self.avg_pool2d_backward_op(sink, operand(t, 0), input_hw, spec, cip, out)
+            };
+            return self.via_f32(sink, OP, dt, &[Some(dy)], out, body);
+        }
         self.check_inputs(sink, OP, &[&dy.raw])?;
         let dx = self.target(sink, OP, &out, &g.x_shape(), &[&dy.raw])?;
         if dx.len > 0 {
@@ -287,5 +315,44 @@ impl Gpu {
         let (sink, out) = (&mut Sink::Eager, Out::Into(dx));
         self.avg_pool2d_backward_op(sink, dy, input_hw, spec, count_include_pad, out)
             .map(drop)
+    }
+}
+
+impl Gpu {
+    /// Max-pool forward of a 16-bit `x` through f32 staging (see `staged.rs`): the values and
+    /// indices are the f32 op's on the widened `x`, the values rounded once (exactly: a max
+    /// is one of the inputs) into `dt` or written into an f32 output.
+    fn max_pool2d_forward_staged(
+        &self,
+        sink: &mut Sink<'_>,
+        x: &Tensor,
+        spec: &Pool2dSpec,
+        outs: Option<(&mut Tensor, &mut IndexTensor)>,
+        dt: DType,
+    ) -> Result<Option<(Tensor, IndexTensor)>> {
+        const OP: &str = "max_pool2d_forward";
+        self.check_inputs(sink, OP, &[&x.raw])?;
+        let x32 = self.cast_raw(sink, &x.raw, DType::F32)?;
+        match outs {
+            None => {
+                let (y, idx) = self
+                    .max_pool2d_forward_op(sink, &x32, spec, None)?
+                    .ok_or_else(no_result)?;
+                Ok(Some((self.cast_raw(sink, &y.raw, dt)?, idx)))
+            }
+            Some((y, idx)) if y.dtype() == DType::F32 => {
+                self.max_pool2d_forward_op(sink, &x32, spec, Some((y, idx)))
+            }
+            Some((y, idx)) => {
+                let shape = spec.max_geometry(dims4(&x.raw, "x")?)?.y_shape();
+                self.target(sink, OP, &Out::Into(&mut *y), &shape, &[&x.raw])?;
+                let mut y32 = Tensor {
+                    raw: self.alloc(&shape, "max_pool2d_forward staged output")?,
+                };
+                self.max_pool2d_forward_op(sink, &x32, spec, Some((&mut y32, idx)))?;
+                self.cast_into(sink, &y32.raw, y)?;
+                Ok(None)
+            }
+        }
     }
 }
