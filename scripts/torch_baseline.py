@@ -10,7 +10,8 @@ per op closes the output.
 
 Every op is timed alone through its aten op (no autograd): aten.convolution for the forward,
 aten.convolution_backward with output_mask [dx, dW, db] selecting one gradient,
-aten.max_pool2d_with_indices(_backward), aten.avg_pool2d(_backward). float32, TF32 off.
+aten.max_pool2d_with_indices(_backward), aten.avg_pool2d(_backward). float32 (TF32 off), or
+--dtype float16 / bfloat16 (default: the report's "dtype", as wgconv-bench --dtype wrote it).
 PyTorch's conv2d pads symmetrically only: a layer with asymmetric padding is padded once with
 F.pad before timing and only the convolution on the pre-padded tensor is timed (the pad copy,
 and for dx the crop back to the input size, are excluded).
@@ -79,6 +80,12 @@ def parse_args():
         help="CUDA: keep cudnn.benchmark off (default: on, algorithms autotuned during warm-up)",
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--dtype",
+        choices=["f32", "f16", "bf16"],
+        default=None,
+        help="tensor dtype (default: the report's results' dtype, else f32)",
+    )
     p.add_argument("--json", metavar="OUT", default=None, help="write the ratios here")
     return p.parse_args()
 
@@ -168,8 +175,11 @@ def time_cuda(fn, args):
     return statistics.median(samples), min(samples), max(samples), iters, "cuda_events"
 
 
+DTYPE = None  # set in main from --dtype or the report
+
+
 def rand(shape, device):
-    return torch.rand(shape, dtype=torch.float32, device=device) * 2 - 1
+    return (torch.rand(shape, dtype=torch.float32, device=device) * 2 - 1).to(DTYPE)
 
 
 def conv_case(op, s, device):
@@ -242,6 +252,9 @@ def main():
 
     with open(args.report) as f:
         report = json.load(f)
+    global DTYPE
+    name = args.dtype or next((r.get("dtype") for r in report.get("results", [])), None) or "f32"
+    DTYPE = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}[name]
     adapter = report.get("adapter", {})
     if args.device == "cuda":
         torch_dev = torch.cuda.get_device_name()
@@ -251,7 +264,7 @@ def main():
         f"wgconv: {report.get('device')} on {adapter.get('name')} ({adapter.get('backend')}), "
         f"timing {report.get('timing', '?')}"
     )
-    print(f"torch {torch.__version__}: {args.device} ({torch_dev}), float32, TF32 off")
+    print(f"torch {torch.__version__}: {args.device} ({torch_dev}), {DTYPE}, TF32 off")
     print("ratio = torch_ms / wgconv_ms  (> 1: wgconv is faster)\n")
 
     rows = []

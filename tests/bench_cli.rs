@@ -78,6 +78,11 @@ fn validate(report: &Value, device: &str, check: &str) -> Vec<Value> {
         .clone();
     assert!(!results.is_empty());
     for r in &results {
+        assert!(
+            ["f32", "f16", "bf16"].contains(&string(&r["dtype"], "dtype")),
+            "dtype {}",
+            r["dtype"]
+        );
         let layer = string(&r["layer"], "layer");
         let op = string(&r["op"], "op");
         assert!(OPS.contains(&op), "unknown op {op}");
@@ -122,7 +127,15 @@ fn validate(report: &Value, device: &str, check: &str) -> Vec<Value> {
         num(&r["gbps"], "gbps");
         assert_eq!(string(&r["check"], "check"), check, "{ctx}: {r}");
         match check {
-            "ok" => assert!(num(&r["max_rel_err"], "max_rel_err") <= 1e-4, "{ctx}"),
+            // f32: the GPU tolerance; 16 bits: one unit in the last place more.
+            "ok" => {
+                let ulp = match string(&r["dtype"], "dtype") {
+                    "f16" => 2f64.powi(-10),
+                    "bf16" => 2f64.powi(-7),
+                    _ => 0.0,
+                };
+                assert!(num(&r["max_rel_err"], "max_rel_err") <= 1e-4 + ulp, "{ctx}")
+            }
             _ => assert!(r["max_rel_err"].is_null(), "{ctx}"),
         }
         let timing = string(&r["timing"], "timing");
@@ -265,5 +278,72 @@ fn gpu_report_matches_the_contract_when_an_adapter_exists() {
     let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let results = validate(&report, "gpu", "ok");
     assert_eq!(results.len(), 12);
+    assert!(results.iter().all(|r| r["dtype"] == "f32"));
     let _ = std::fs::remove_file(json);
+}
+
+/// `--dtype f16|bf16`: every result checked ok against the reference on the rounded inputs,
+/// named `"dtype"` in the JSON, its bytes counted at 2 an element; on the CPU an exit 2 naming
+/// the option.
+#[test]
+fn dtype_runs_are_checked_and_named() {
+    let out = bench(&["--device", "cpu", "--dtype", "f16"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--dtype f16"), "{err}");
+    let f32_json = tmp("dtype_f32.json");
+    let out = bench(&[
+        "--device",
+        "gpu",
+        "--chain",
+        "0",
+        "--json",
+        f32_json.to_str().unwrap(),
+    ]);
+    if out.status.code() == Some(3) {
+        eprintln!(
+            "skipping the GPU run: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return;
+    }
+    let load = |p: &PathBuf| -> Value {
+        serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+    };
+    let f32_report = load(&f32_json);
+    for dt in ["f16", "bf16"] {
+        let json = tmp(&format!("dtype_{dt}.json"));
+        let out = bench(&[
+            "--device",
+            "gpu",
+            "--dtype",
+            dt,
+            "--chain",
+            "0",
+            "--json",
+            json.to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "{dt}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let report = load(&json);
+        let results = validate(&report, "gpu", "ok");
+        assert_eq!(results.len(), 12);
+        for (r, r32) in results
+            .iter()
+            .zip(f32_report["results"].as_array().unwrap())
+        {
+            assert_eq!(r["dtype"], dt);
+            let (b, b32) = (num(&r["bytes"], "bytes"), num(&r32["bytes"], "bytes"));
+            if r["op"].as_str().unwrap().starts_with("conv2d") {
+                assert_eq!(b * 2.0, b32, "{dt}: {}", r["op"]);
+            } else {
+                assert!(b < b32, "{dt}: {}", r["op"]);
+            }
+        }
+        let _ = std::fs::remove_file(json);
+    }
+    let _ = std::fs::remove_file(f32_json);
 }

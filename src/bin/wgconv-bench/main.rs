@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
-use wgconv::{Error, Gpu};
+use wgconv::{DType, Error, Gpu};
 
 use report::{Adapter, Check, OpResult, Report};
 use runner::{Config, CpuEngine, Engine, GpuEngine, TimingMode};
@@ -77,6 +77,11 @@ struct Cli {
     /// Threads for the CPU reference (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// Element type of the GPU tensors: f32, f16 or bf16 (products and sums in f32). The inputs
+    /// are rounded to it; the check compares with the f64 reference on the rounded inputs,
+    /// allowing one unit in the last place of the dtype. GPU only.
+    #[arg(long, value_enum, default_value_t = DTypeArg::F32)]
+    dtype: DTypeArg,
     /// Seed of the random inputs.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -98,6 +103,24 @@ struct Cli {
     /// After the suite, write the tuner's choices to this JSON file. GPU only.
     #[arg(long, value_name = "PATH")]
     save_tuning: Option<PathBuf>,
+}
+
+/// `--dtype`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum DTypeArg {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl DTypeArg {
+    fn dtype(self) -> DType {
+        match self {
+            DTypeArg::F32 => DType::F32,
+            DTypeArg::F16 => DType::F16,
+            DTypeArg::Bf16 => DType::BF16,
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -173,7 +196,14 @@ fn run(cli: &Cli) -> wgconv::Result<ExitCode> {
         min_sample_ms: cli.min_sample_ms.max(0.0),
         max_iterations: 1000,
         seed: cli.seed,
+        dtype: cli.dtype.dtype(),
     };
+    if cli.device == Device::Cpu && cfg.dtype != DType::F32 {
+        return Err(Error::InvalidArgument(format!(
+            "--dtype {} runs the GPU kernels; the CPU reference computes in f32 (use --device gpu)",
+            cfg.dtype
+        )));
+    }
 
     let mut host_chain = None;
     let (adapter, results) = match cli.device {
@@ -192,7 +222,10 @@ fn run(cli: &Cli) -> wgconv::Result<ExitCode> {
                 backend: format!("{:?}", info.backend),
                 device_type: format!("{:?}", info.device_type),
             };
-            let engine = GpuEngine { gpu: &gpu };
+            let engine = GpuEngine {
+                gpu: &gpu,
+                dtype: cfg.dtype,
+            };
             if cli.timing == TimingMode::Timestamp && !engine.uses_timestamps(cli.timing) {
                 eprintln!(
                     "wgconv-bench: {} has no timestamp queries; timing by wall time",

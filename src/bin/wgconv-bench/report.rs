@@ -197,6 +197,8 @@ fn pair(v: [usize; 2]) -> String {
 pub struct OpResult {
     pub layer: String,
     pub op: &'static str,
+    /// The tensors' element type: `"f32"`, `"f16"` or `"bf16"`.
+    pub dtype: String,
     pub shape: Shape,
     pub median_ms: f64,
     pub min_ms: f64,
@@ -247,6 +249,7 @@ impl OpResult {
         c: CheckOutcome,
         flops: f64,
         bytes: f64,
+        dtype: wgconv::DType,
     ) -> OpResult {
         let median_ms = median(&m.samples_ms);
         let min_ms = m.samples_ms.iter().copied().fold(f64::INFINITY, f64::min);
@@ -265,6 +268,7 @@ impl OpResult {
         OpResult {
             layer: layer.name.clone(),
             op: op.name(),
+            dtype: dtype.to_string(),
             shape,
             median_ms,
             min_ms,
@@ -309,7 +313,7 @@ impl Report {
         let mut s = String::from(
             "layer,op,n,c,h,w,k,kh,kw,stride_h,stride_w,pad_top,pad_bottom,pad_left,pad_right,\
              dilation_h,dilation_w,groups,ceil_mode,count_include_pad,median_ms,min_ms,max_ms,\
-             gflops,gbps,check,max_rel_err,timing,flops,bytes,iterations\n",
+             gflops,gbps,check,max_rel_err,timing,flops,bytes,iterations,dtype\n",
         );
         for r in &self.results {
             let geo = match &r.shape {
@@ -356,7 +360,7 @@ impl Report {
             };
             let _ = writeln!(
                 s,
-                "{},{},{geo},{},{},{},{},{},{},{},{},{},{},{}",
+                "{},{},{geo},{},{},{},{},{},{},{},{},{},{},{},{}",
                 r.layer,
                 r.op,
                 r.median_ms,
@@ -369,7 +373,8 @@ impl Report {
                 r.timing,
                 r.flops,
                 r.bytes,
-                r.iterations
+                r.iterations,
+                r.dtype
             );
         }
         s

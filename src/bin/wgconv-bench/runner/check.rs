@@ -1,7 +1,8 @@
 //! Checking a result against the reference in f64: values at the GPU tolerance, indices exactly.
 
 use ndarray::ArrayViewD;
-use wgconv::compare::{GPU_TOLERANCE, compare};
+use wgconv::DType;
+use wgconv::compare::{GPU_TOLERANCE, compare_in};
 
 use crate::report::Check;
 
@@ -24,8 +25,9 @@ impl CheckOutcome {
     }
 }
 
-/// Compares a result with the f64 reference at [`GPU_TOLERANCE`].
-pub fn check_values(got: ArrayViewD<f32>, want: ArrayViewD<f64>) -> CheckOutcome {
+/// Compares a result with the f64 reference: at [`GPU_TOLERANCE`] for f32, allowing one unit
+/// in the last place of a 16-bit dtype more ([`compare_in`]).
+pub fn check_values(got: ArrayViewD<f32>, want: ArrayViewD<f64>, dtype: DType) -> CheckOutcome {
     if got.shape() != want.shape() {
         return CheckOutcome {
             check: Check::Mismatch,
@@ -37,14 +39,15 @@ pub fn check_values(got: ArrayViewD<f32>, want: ArrayViewD<f64>) -> CheckOutcome
             )),
         };
     }
-    let c = compare(got.iter().map(|&v| f64::from(v)), want.iter().copied());
-    let ok = c.passes(GPU_TOLERANCE);
+    let got64: Vec<f64> = got.iter().map(|&v| f64::from(v)).collect();
+    let want64: Vec<f64> = want.iter().copied().collect();
+    let (c, ok) = compare_in(dtype, &got64, &want64);
     let detail = (!ok).then(|| {
         let got_v = got.iter().nth(c.worst).copied().unwrap_or(f32::NAN);
         let want_v = want.iter().nth(c.worst).copied().unwrap_or(f64::NAN);
         format!(
             "max |got - ref| = {:.3e} at flat index {} (got {got_v}, ref {want_v}), scale {:.3e}, \
-             relative {:.3e} > tolerance {GPU_TOLERANCE:e}",
+             relative {:.3e} > tolerance {GPU_TOLERANCE:e} ({dtype})",
             c.max_abs_err,
             c.worst,
             c.scale,
@@ -64,8 +67,9 @@ pub fn check_with_indices(
     want: ArrayViewD<f64>,
     got_idx: ArrayViewD<u32>,
     want_idx: ArrayViewD<u32>,
+    dtype: DType,
 ) -> CheckOutcome {
-    let mut out = check_values(got, want);
+    let mut out = check_values(got, want, dtype);
     if got_idx.shape() != want_idx.shape() {
         out.check = Check::Mismatch;
         out.detail = Some(format!(

@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use ndarray::{Array, ArrayD, ArrayView4, Dimension, Ix1, Ix4};
-use wgconv::{Conv2dSpec, Gpu, IndexTensor, Pool2dSpec, Result, Tensor, reference};
+use wgconv::{Conv2dSpec, DType, Gpu, IndexTensor, Pool2dSpec, Result, Tensor, reference};
 
 use super::{Config, Measured, TimingMode};
 
@@ -127,6 +127,8 @@ const WARM_UP: std::time::Duration = std::time::Duration::from_millis(150);
 /// The GPU engine.
 pub struct GpuEngine<'a> {
     pub gpu: &'a Gpu,
+    /// The dtype of the tensors it puts.
+    pub dtype: DType,
 }
 
 impl GpuEngine<'_> {
@@ -141,7 +143,7 @@ impl Engine for GpuEngine<'_> {
     type I = IndexTensor;
 
     fn put<D: Dimension>(&self, a: &Array<f32, D>) -> Result<Tensor> {
-        self.gpu.upload(a)
+        self.gpu.upload_as(a, self.dtype)
     }
     fn get(&self, t: &Tensor) -> Result<ArrayD<f32>> {
         self.gpu.download(t)

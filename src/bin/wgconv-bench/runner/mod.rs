@@ -7,7 +7,7 @@ mod engine;
 mod inputs;
 
 use ndarray::{Array, Dimension, Ix4};
-use wgconv::{Result, reference};
+use wgconv::{DType, Result, reference};
 
 pub use check::CheckOutcome;
 use check::{check_values, check_with_indices};
@@ -40,6 +40,8 @@ pub struct Config {
     pub min_sample_ms: f64,
     pub max_iterations: usize,
     pub seed: u64,
+    /// The tensors' element type (the inputs are rounded to it).
+    pub dtype: DType,
 }
 
 /// The samples of one op.
@@ -58,9 +60,10 @@ pub struct Measured {
 /// conv forward, dx and dW: `2·N·K·OH·OW·(C/g)·kh·kw` FLOPs. db: one add per dy element.
 /// Max-pool forward: one compare per window tap (`N·C·OH·OW·kh·kw`); backward: one add per dy
 /// element. Avg-pool forward and backward: one add per window tap. Bytes: every input read once
-/// and every output written once, 4 bytes per f32/u32 element.
-pub fn work(kind: &LayerKind, op: Op) -> Result<(f64, f64)> {
+/// and every output written once, `dtype.size_bytes()` per value (4 per u32 index).
+pub fn work(kind: &LayerKind, op: Op, dtype: DType) -> Result<(f64, f64)> {
     let num = |s: &[usize]| s.iter().map(|&v| v as f64).product::<f64>();
+    let e = dtype.size_bytes() as f64;
     Ok(match *kind {
         LayerKind::Conv { x, k, kernel, spec } => {
             let g =
@@ -68,24 +71,24 @@ pub fn work(kind: &LayerKind, op: Op) -> Result<(f64, f64)> {
             let (xs, ws, ys) = (num(&g.x_shape()), num(&g.w_shape()), num(&g.y_shape()));
             let kf = k as f64;
             match op {
-                Op::ConvForward => (g.flops(), 4.0 * (xs + ws + kf + ys)),
-                Op::ConvBackwardInput => (g.flops(), 4.0 * (ys + ws + xs)),
-                Op::ConvBackwardWeight => (g.flops(), 4.0 * (xs + ys + ws)),
-                _ => (ys, 4.0 * (ys + kf)),
+                Op::ConvForward => (g.flops(), e * (xs + ws + kf + ys)),
+                Op::ConvBackwardInput => (g.flops(), e * (ys + ws + xs)),
+                Op::ConvBackwardWeight => (g.flops(), e * (xs + ys + ws)),
+                _ => (ys, e * (ys + kf)),
             }
         }
         LayerKind::MaxPool { x, spec } => {
             let g = spec.geometry(x)?;
             let (xs, ys) = (num(&g.x_shape()), num(&g.y_shape()));
             match op {
-                Op::MaxPoolForward => (ys * num(&spec.kernel), 4.0 * (xs + 2.0 * ys)),
-                _ => (ys, 4.0 * (2.0 * ys + xs)),
+                Op::MaxPoolForward => (ys * num(&spec.kernel), e * (xs + ys) + 4.0 * ys),
+                _ => (ys, e * (ys + xs) + 4.0 * ys),
             }
         }
         LayerKind::AvgPool { x, spec, .. } => {
             let g = spec.avg_geometry(x)?;
             let (xs, ys) = (num(&g.x_shape()), num(&g.y_shape()));
-            (ys * num(&spec.kernel), 4.0 * (xs + ys))
+            (ys * num(&spec.kernel), e * (xs + ys))
         }
     })
 }
@@ -107,6 +110,7 @@ pub fn shape_of(kind: &LayerKind) -> Shape {
 /// with the f64 reference that `want` computes from them.
 fn check_op<E: Engine, R, D: Dimension>(
     engine: &E,
+    dtype: DType,
     got: &E::T,
     refs: Option<R>,
     want: impl FnOnce(R) -> Result<Array<f64, D>>,
@@ -118,6 +122,7 @@ fn check_op<E: Engine, R, D: Dimension>(
     Ok(check_values(
         engine.get(got)?.view(),
         want.view().into_dyn(),
+        dtype,
     ))
 }
 
@@ -130,7 +135,7 @@ pub fn run_layer<E: Engine>(
 ) -> Result<()> {
     let seed = |role: &str| seed_for(cfg.seed, &layer.name, role);
     let mut result = |op: Op, m: Measured, c: CheckOutcome| -> Result<()> {
-        let (flops, bytes) = work(&layer.kind, op)?;
+        let (flops, bytes) = work(&layer.kind, op, cfg.dtype)?;
         emit(OpResult::new(
             layer,
             op,
@@ -139,10 +144,13 @@ pub fn run_layer<E: Engine>(
             c,
             flops,
             bytes,
+            cfg.dtype,
         ));
         Ok(())
     };
-    let x = random(layer.kind.x(), seed("x"));
+    // Inputs rounded to the dtype: the engine stores them exactly, the reference reads them.
+    let input = |shape, role: &str| random(shape, seed(role)).mapv(|v| cfg.dtype.round(v));
+    let x = input(layer.kind.x(), "x");
     let xt = engine.put(&x)?;
     let x64 = cfg.check.then(|| f64s(&x));
     match layer.kind {
@@ -153,16 +161,16 @@ pub fn run_layer<E: Engine>(
             spec,
         } => {
             let g = spec.forward_geometry(xs, [k, xs[1] / spec.groups, kernel[0], kernel[1]])?;
-            let w = random(g.w_shape(), seed("w"));
-            let b = random(ndarray::Ix1(k), seed("b"));
-            let dy = random(g.y_shape(), seed("dy"));
+            let w = input(g.w_shape(), "w");
+            let b = random(ndarray::Ix1(k), seed("b")).mapv(|v| cfg.dtype.round(v));
+            let dy = input(g.y_shape(), "dy");
             let (wt, bt, dyt) = (engine.put(&w)?, engine.put(&b)?, engine.put(&dy)?);
             let refs = x64.as_ref().map(|x64| (x64, f64s(&w), f64s(&b), f64s(&dy)));
             let hw = [g.h, g.w];
 
             let (y, m) =
                 engine.measure(cfg, || engine.conv2d_forward(&xt, &wt, Some(&bt), &spec))?;
-            let c = check_op(engine, &y, refs.as_ref(), |(x, w, b, _)| {
+            let c = check_op(engine, cfg.dtype, &y, refs.as_ref(), |(x, w, b, _)| {
                 reference::conv2d_forward(x.view(), w.view(), Some(b.view()), &spec)
             })?;
             drop(y);
@@ -170,7 +178,7 @@ pub fn run_layer<E: Engine>(
 
             let (dx, m) =
                 engine.measure(cfg, || engine.conv2d_backward_input(&dyt, &wt, hw, &spec))?;
-            let c = check_op(engine, &dx, refs.as_ref(), |(_, w, _, dy)| {
+            let c = check_op(engine, cfg.dtype, &dx, refs.as_ref(), |(_, w, _, dy)| {
                 reference::conv2d_backward_input(dy.view(), w.view(), hw, &spec)
             })?;
             drop(dx);
@@ -179,14 +187,14 @@ pub fn run_layer<E: Engine>(
             let (dw, m) = engine.measure(cfg, || {
                 engine.conv2d_backward_weight(&xt, &dyt, kernel, &spec)
             })?;
-            let c = check_op(engine, &dw, refs.as_ref(), |(x, _, _, dy)| {
+            let c = check_op(engine, cfg.dtype, &dw, refs.as_ref(), |(x, _, _, dy)| {
                 reference::conv2d_backward_weight(x.view(), dy.view(), kernel, &spec)
             })?;
             drop(dw);
             result(Op::ConvBackwardWeight, m, c)?;
 
             let (db, m) = engine.measure(cfg, || engine.conv2d_backward_bias(&dyt))?;
-            let c = check_op(engine, &db, refs.as_ref(), |(_, _, _, dy)| {
+            let c = check_op(engine, cfg.dtype, &db, refs.as_ref(), |(_, _, _, dy)| {
                 Ok(reference::conv2d_backward_bias(dy.view()))
             })?;
             drop(db);
@@ -195,7 +203,7 @@ pub fn run_layer<E: Engine>(
         LayerKind::MaxPool { x: xs, spec } => {
             let g = spec.geometry(xs)?;
             let hw = [g.h, g.w];
-            let dy = random(g.y_shape(), seed("dy"));
+            let dy = input(g.y_shape(), "dy");
             let dyt = engine.put(&dy)?;
 
             let ((y, idx), m) = engine.measure(cfg, || engine.max_pool2d_forward(&xt, &spec))?;
@@ -214,6 +222,7 @@ pub fn run_layer<E: Engine>(
                         want.view().into_dyn(),
                         got_idx.view(),
                         want_idx.view().into_dyn(),
+                        cfg.dtype,
                     )
                 }
                 _ => CheckOutcome::skipped(),
@@ -223,7 +232,7 @@ pub fn run_layer<E: Engine>(
 
             let (dx, m) =
                 engine.measure(cfg, || engine.max_pool2d_backward(&dyt, &idx, hw, &spec))?;
-            let c = check_op(engine, &dx, idx_host.as_ref(), |got_idx| {
+            let c = check_op(engine, cfg.dtype, &dx, idx_host.as_ref(), |got_idx| {
                 let idx4 = got_idx.view().into_dimensionality::<Ix4>().expect("4-D");
                 reference::max_pool2d_backward(f64s(&dy).view(), idx4, hw, &spec)
             })?;
@@ -236,11 +245,11 @@ pub fn run_layer<E: Engine>(
         } => {
             let g = spec.avg_geometry(xs)?;
             let hw = [g.h, g.w];
-            let dy = random(g.y_shape(), seed("dy"));
+            let dy = input(g.y_shape(), "dy");
             let dyt = engine.put(&dy)?;
 
             let (y, m) = engine.measure(cfg, || engine.avg_pool2d_forward(&xt, &spec, cip))?;
-            let c = check_op(engine, &y, x64.as_ref(), |x| {
+            let c = check_op(engine, cfg.dtype, &y, x64.as_ref(), |x| {
                 reference::avg_pool2d_forward(x.view(), &spec, cip)
             })?;
             drop(y);
@@ -248,9 +257,13 @@ pub fn run_layer<E: Engine>(
 
             let (dx, m) =
                 engine.measure(cfg, || engine.avg_pool2d_backward(&dyt, hw, &spec, cip))?;
-            let c = check_op(engine, &dx, cfg.check.then(|| f64s(&dy)), |dy64| {
-                reference::avg_pool2d_backward(dy64.view(), hw, &spec, cip)
-            })?;
+            let c = check_op(
+                engine,
+                cfg.dtype,
+                &dx,
+                cfg.check.then(|| f64s(&dy)),
+                |dy64| reference::avg_pool2d_backward(dy64.view(), hw, &spec, cip),
+            )?;
             result(Op::AvgPoolBackward, m, c)?;
         }
     }
@@ -273,6 +286,7 @@ mod tests {
             min_sample_ms: 0.0,
             max_iterations: 1,
             seed: 1,
+            dtype: DType::F32,
         };
         let mut got = Vec::new();
         for l in crate::suite::layers(crate::suite::Suite::Tiny, Some(1)) {
