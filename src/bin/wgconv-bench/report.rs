@@ -247,8 +247,7 @@ impl OpResult {
         shape: Shape,
         m: Measured,
         c: CheckOutcome,
-        flops: f64,
-        bytes: f64,
+        (flops, bytes): (f64, f64),
         dtype: wgconv::DType,
     ) -> OpResult {
         let median_ms = median(&m.samples_ms);

@@ -135,15 +135,14 @@ pub fn run_layer<E: Engine>(
 ) -> Result<()> {
     let seed = |role: &str| seed_for(cfg.seed, &layer.name, role);
     let mut result = |op: Op, m: Measured, c: CheckOutcome| -> Result<()> {
-        let (flops, bytes) = work(&layer.kind, op, cfg.dtype)?;
+        let work = work(&layer.kind, op, cfg.dtype)?;
         emit(OpResult::new(
             layer,
             op,
             shape_of(&layer.kind),
             m,
             c,
-            flops,
-            bytes,
+            work,
             cfg.dtype,
         ));
         Ok(())
