@@ -1,5 +1,6 @@
 // SGD with momentum and weight decay, PyTorch's rule, updating the parameter in place:
-//   g = grad + weight_decay * p          (when weight_decay != 0)
+//   g = grad * grad_scale                (1 / the loss scale; skipped at 1.0)
+//   g = g + weight_decay * p             (when weight_decay != 0)
 //   buf = g (first step) or momentum * buf + g; g = buf   (when momentum != 0)
 //   p = p - lr * g
 // One invocation per element.
@@ -9,7 +10,7 @@
 struct Params {
     total: u32, p_off: u32, g_off: u32, buf_off: u32,
     lr: f32, momentum: f32, weight_decay: f32, first_step: u32,
-    has_momentum: u32, _pad0: u32, _pad1: u32, _pad2: u32,
+    has_momentum: u32, grad_scale: f32, _pad1: u32, _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -23,6 +24,9 @@ fn element(i: u32) {
     }
     let value = param[p.p_off + i];
     var g = grad[p.g_off + i];
+    if (p.grad_scale != 1.0) {
+        g *= p.grad_scale;
+    }
     if (p.weight_decay != 0.0) {
         g += p.weight_decay * value;
     }

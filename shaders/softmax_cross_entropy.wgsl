@@ -1,8 +1,9 @@
 // Softmax cross-entropy, mean over the batch, and its gradient, in one workgroup: invocation t
 // handles rows t, t + WG, ...; for each it takes the row's max m, s = sum exp(z - m), the loss
 // m + log(s) - z[label] (log-sum-exp, stable for any logit size) and the gradient row
-// (exp(z - m) / s - onehot) / rows. The row losses are summed with a fixed tree, so the loss is
-// the same on every run. A label >= cols makes its row's loss and gradient NaN.
+// (exp(z - m) / s - onehot) / rows, times p.scale (the loss scale of mixed-precision training;
+// not applied at 1.0). The row losses are summed with a fixed tree, so the loss is the same
+// on every run. A label >= cols makes its row's loss and gradient NaN.
 
 // #include lib/rows_params.wgsl
 @group(0) @binding(1) var<storage, read> logits: array<f32>;
@@ -53,7 +54,11 @@ fn main(@builtin(local_invocation_index) lid: u32) {
             if (c == label) {
                 g -= 1.0;
             }
-            dlogits[base + c] = g * inv_rows;
+            var d = g * inv_rows;
+            if (p.scale != 1.0) {
+                d *= p.scale;
+            }
+            dlogits[base + c] = d;
         }
     }
     sums[lid] = acc;

@@ -2,13 +2,13 @@
 //! caller's 16-bit data and `Gpu::cast`, against the host's conversions (the `half` crate):
 //! every one of the 65,536 bit patterns of each format, the rounding midpoints of every finite
 //! value and their neighbours, ties, overflow at 65520, subnormals, NaN payloads; windows past
-//! a binding; a device without optional features; 2 bytes an element; the `nn` ops refusing
-//! 16-bit operands by name.
+//! a binding; a device without optional features; 2 bytes an element; SGD refusing a 16-bit
+//! parameter by name.
 
 mod common;
 
 use common::{caller_buffer, caller_device, fresh, gpu};
-use ndarray::{Array1, Array4};
+use ndarray::Array1;
 use wgconv::{DType, Error, Gpu, Tensor};
 
 const SIXTEEN: [DType; 2] = [DType::F16, DType::BF16];
@@ -236,21 +236,27 @@ fn sixteen_bit_tensors_take_two_bytes_an_element() {
     );
 }
 
-/// The `nn` ops compute on f32 tensors so far: each refuses a 16-bit one by name (never reads
-/// its words as f32). (The conv and pool ops take them: `tests/ops_16bit.rs`.)
+/// SGD updates f32 master weights only: a 16-bit parameter or gradient is refused by name
+/// (never read as f32). (The other `nn` ops take 16-bit tensors: `tests/nn_mixed.rs`.)
 #[test]
-fn nn_ops_name_a_16_bit_operand() {
+fn sgd_names_a_16_bit_parameter() {
     let gpu = gpu();
-    let x = gpu.upload(&Array4::<f32>::ones((1, 2, 5, 5))).unwrap();
+    let opts = wgconv::nn::SgdOptions {
+        lr: 0.1,
+        momentum: 0.0,
+        weight_decay: 0.0,
+    };
     for dt in SIXTEEN {
-        let h = gpu.cast(&x, dt).unwrap();
-        let e = gpu.relu_forward(&h).unwrap_err();
-        let m = e.to_string();
+        let mut p16 = gpu.upload_as(&Array1::<f32>::ones(4), dt).unwrap();
+        let g = gpu.upload(&Array1::<f32>::ones(4)).unwrap();
+        let e = gpu.sgd_step(&mut p16, &g, &mut None, &opts).unwrap_err();
         assert!(
-            matches!(e, Error::InvalidArgument(_)) && m.contains(&dt.to_string()),
-            "{m}"
+            matches!(e, Error::InvalidArgument(_)) && e.to_string().contains(&dt.to_string()),
+            "{e}"
         );
-        let e = gpu.relu_backward(&x, &h).unwrap_err();
+        let mut p = gpu.upload(&Array1::<f32>::ones(4)).unwrap();
+        let g16 = gpu.cast(&g, dt).unwrap();
+        let e = gpu.sgd_step(&mut p, &g16, &mut None, &opts).unwrap_err();
         assert!(e.to_string().contains(&dt.to_string()), "{e}");
     }
 }

@@ -1,21 +1,42 @@
 //! The training guard: the `train_digits` example's own training (the same code, included from
 //! `examples/train_digits.rs`) must still learn. It failed silently once (an evaluation forward
 //! turned every later step's gradients into a running sum, and the example ended at 0.10 while
-//! CI stayed green); this fails CI instead. About 15 s on lavapipe.
+//! CI stayed green); this fails CI instead, in f32 and in mixed precision (f16 with loss
+//! scaling, bf16). About 10-15 s a precision on lavapipe.
 
 #[path = "../examples/train_digits.rs"]
 #[allow(dead_code)]
 mod train_digits;
 
-use train_digits::{MIN_ACCURACY, data, train};
+use train_digits::{data, min_accuracy, train};
+use wgconv::DType;
 
 #[test]
-fn the_digits_cnn_learns() {
+fn the_digits_cnn_learns_in_f32() {
+    learns(DType::F32);
+}
+
+/// Mixed precision with f16 activations and dynamic loss scaling.
+#[test]
+fn the_digits_cnn_learns_in_f16() {
+    learns(DType::F16);
+}
+
+/// Mixed precision with bf16 activations.
+#[test]
+fn the_digits_cnn_learns_in_bf16() {
+    learns(DType::BF16);
+}
+
+fn learns(precision: DType) {
     let (train_split, test) = data().expect("data/digits.bin");
     let gpu = wgconv::Gpu::new().expect("a wgpu adapter (see tests/common for the drivers)");
     let info = gpu.adapter_info();
-    eprintln!("training guard on {} ({:?})", info.name, info.backend);
-    let report = train(&gpu, &train_split, &test).unwrap();
+    eprintln!(
+        "training guard in {precision} on {} ({:?})",
+        info.name, info.backend
+    );
+    let report = train(&gpu, &train_split, &test, precision).unwrap();
     let train_loss: Vec<f64> = report.epochs.iter().map(|e| e.0).collect();
     let (first, last) = (train_loss[0], train_loss[train_loss.len() - 1]);
     assert!(
@@ -37,8 +58,9 @@ fn the_digits_cnn_learns() {
         "the test loss must fall: {test_loss:?}"
     );
     assert!(
-        report.test_accuracy >= MIN_ACCURACY,
-        "test accuracy {} below {MIN_ACCURACY}",
-        report.test_accuracy
+        report.test_accuracy >= min_accuracy(precision),
+        "{precision}: test accuracy {} below {}",
+        report.test_accuracy,
+        min_accuracy(precision)
     );
 }

@@ -6,13 +6,15 @@ use ndarray::{ArrayD, Ix1, Ix2};
 
 use super::check::verdict;
 use super::kernels::to_u32;
-use super::kernels::{EltParams, Kernel, MatmulParams, RowsParams, SgdParams};
+use super::kernels::{EltParams, Kernel, MatmulParams, RowsParams};
 use super::recorder::Record;
+use super::staged::operand;
 use super::tensor::Raw;
 use super::{Bind, Dispatch, Gpu, IndexTensor, Tensor};
+use crate::dtype::DType;
 use crate::error::{Error, Result, mismatch};
 use crate::reference::nn as reference;
-use crate::spec::{SgdOptions, check_sgd_shapes, numel};
+use crate::spec::numel;
 
 /// Which stored operand layouts a GEMM reads (see `shaders/matmul.wgsl`).
 struct Gemm<'a> {
@@ -32,7 +34,7 @@ fn dims<D: ndarray::Dimension>(a: ArrayD<f64>) -> Result<ndarray::Array<f64, D>>
 }
 
 impl Gpu {
-    fn host_f64(&self, t: &Tensor) -> Result<ArrayD<f64>> {
+    pub(crate) fn host_f64(&self, t: &Tensor) -> Result<ArrayD<f64>> {
         Ok(self.download(t)?.mapv(f64::from))
     }
 
@@ -146,6 +148,9 @@ impl Gpu {
     /// [`reference::nn::relu_forward`](crate::reference::nn::relu_forward).
     pub fn relu_forward(&self, x: &Tensor) -> Result<Tensor> {
         const OP: &str = "relu_forward";
+        if let Some(y) = self.nn_via_f32(OP, &[Some(x)], |t| self.relu_forward(operand(t, 0)))? {
+            return Ok(y);
+        }
         self.check_operand(&x.raw, OP)?;
         let y = self.new_output(x.shape(), "relu_forward output")?;
         self.elementwise(OP, Kernel::ReluForward, &[&x.raw], &y.raw)?;
@@ -160,6 +165,12 @@ impl Gpu {
     /// [`reference::nn::relu_backward`](crate::reference::nn::relu_backward).
     pub fn relu_backward(&self, dy: &Tensor, x: &Tensor) -> Result<Tensor> {
         const OP: &str = "relu_backward";
+        let staged = self.nn_via_f32(OP, &[Some(dy), Some(x)], |t| {
+            self.relu_backward(operand(t, 0), operand(t, 1))
+        })?;
+        if let Some(dx) = staged {
+            return Ok(dx);
+        }
         if dy.shape() != x.shape() {
             return Err(mismatch(format!(
                 "relu_backward: dy shape {:?} differs from x shape {:?}",
@@ -227,6 +238,12 @@ impl Gpu {
     /// [`reference::nn::linear_forward`](crate::reference::nn::linear_forward).
     pub fn linear_forward(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
         const OP: &str = "linear_forward";
+        let staged = self.nn_via_f32(OP, &[Some(x), Some(w), bias], |t| {
+            self.linear_forward(operand(t, 0), operand(t, 1), t[2])
+        })?;
+        if let Some(y) = staged {
+            return Ok(y);
+        }
         let (n, i, o) = reference::linear_dims(x.shape(), w.shape())?;
         if let Some(b) = bias
             && b.shape() != [o]
@@ -267,6 +284,12 @@ impl Gpu {
     /// Linear layer dx `= dy · w`: dy `[N, out]`, w `[out, in]`, dx `[N, in]`.
     pub fn linear_backward_input(&self, dy: &Tensor, w: &Tensor) -> Result<Tensor> {
         const OP: &str = "linear_backward_input";
+        let staged = self.nn_via_f32(OP, &[Some(dy), Some(w)], |t| {
+            self.linear_backward_input(operand(t, 0), operand(t, 1))
+        })?;
+        if let Some(dx) = staged {
+            return Ok(dx);
+        }
         let (n, o, i) = match (dy.shape(), w.shape()) {
             (&[n, o], &[wo, i]) if o == wo => (n, o, i),
             (d, w) => {
@@ -302,6 +325,12 @@ impl Gpu {
     /// batch in a fixed order.
     pub fn linear_backward_weight(&self, x: &Tensor, dy: &Tensor) -> Result<Tensor> {
         const OP: &str = "linear_backward_weight";
+        let staged = self.nn_via_f32(OP, &[Some(x), Some(dy)], |t| {
+            self.linear_backward_weight(operand(t, 0), operand(t, 1))
+        })?;
+        if let Some(dw) = staged {
+            return Ok(dw);
+        }
         let (n, i, o) = match (x.shape(), dy.shape()) {
             (&[n, i], &[dn, o]) if n == dn => (n, i, o),
             (x, d) => {
@@ -337,6 +366,12 @@ impl Gpu {
     /// fixed reduction tree.
     pub fn linear_backward_bias(&self, dy: &Tensor) -> Result<Tensor> {
         const OP: &str = "linear_backward_bias";
+        let staged = self.nn_via_f32(OP, &[Some(dy)], |t| {
+            self.linear_backward_bias(operand(t, 0))
+        })?;
+        if let Some(db) = staged {
+            return Ok(db);
+        }
         let &[n, o] = dy.shape() else {
             return Err(mismatch(format!(
                 "linear_backward_bias: dy must be 2-D [N, out], got {:?}",
@@ -379,7 +414,31 @@ impl Gpu {
         logits: &Tensor,
         labels: &IndexTensor,
     ) -> Result<(Tensor, Tensor)> {
+        self.softmax_cross_entropy_scaled(logits, labels, 1.0)
+    }
+
+    /// [`Gpu::softmax_cross_entropy`] with the gradient multiplied by `scale` (mixed-precision
+    /// training's loss scale; a power of two scales exactly), the loss unscaled. 16-bit logits
+    /// are widened exactly: the loss is computed in f32 (an f32 tensor), the gradient rounded
+    /// once to the logits' dtype after scaling.
+    pub fn softmax_cross_entropy_scaled(
+        &self,
+        logits: &Tensor,
+        labels: &IndexTensor,
+        scale: f32,
+    ) -> Result<(Tensor, Tensor)> {
         const OP: &str = "softmax_cross_entropy";
+        if !scale.is_finite() || scale <= 0.0 {
+            return Err(Error::InvalidArgument(format!(
+                "{OP}: the gradient scale must be finite and positive, got {scale}"
+            )));
+        }
+        if logits.dtype() != DType::F32 {
+            self.check_owner(&logits.raw, OP)?;
+            let wide = self.cast(logits, DType::F32)?;
+            let (loss, grad) = self.softmax_cross_entropy_scaled(&wide, labels, scale)?;
+            return Ok((loss, self.cast(&grad, logits.dtype())?));
+        }
         let (n, c) = reference::check_cross_entropy(logits.shape(), labels.shape())?;
         self.check_operand(&logits.raw, OP)?;
         self.check_owner(&labels.raw, OP)?;
@@ -398,6 +457,7 @@ impl Gpu {
         let params = RowsParams {
             rows: to_u32(n, "N")?,
             cols: to_u32(c, "classes")?,
+            scale: scale.to_bits(),
             ..Default::default()
         };
         self.execute(
@@ -428,99 +488,9 @@ impl Gpu {
                 &self.download(&loss)?,
                 &ArrayD::from_elem(ndarray::IxDyn(&[]), want_loss),
             )?;
+            let want_grad = want_grad * f64::from(scale);
             verdict(OP, &self.download(&grad)?, &want_grad.into_dyn())?;
         }
         Ok((loss, grad))
-    }
-
-    /// One SGD step, in place in `param`'s buffer, PyTorch's rule (`torch.optim.SGD`, no
-    /// dampening, no Nesterov): `g = grad + weight_decay·p`; `buf = g` on the first step (when
-    /// `momentum_buffer` is `None`, which this then fills), else `buf = momentum·buf + g`;
-    /// `p -= lr·buf`. With momentum 0 no buffer is kept. Same semantics as
-    /// [`reference::nn::sgd_step`](crate::reference::nn::sgd_step); the hyperparameters are
-    /// rounded to f32.
-    pub fn sgd_step(
-        &self,
-        param: &mut Tensor,
-        grad: &Tensor,
-        momentum_buffer: &mut Option<Tensor>,
-        options: &SgdOptions,
-    ) -> Result<()> {
-        const OP: &str = "sgd_step";
-        options.validate()?;
-        let buf_shape = momentum_buffer.as_ref().map(|b| b.shape());
-        check_sgd_shapes(param.shape(), grad.shape(), buf_shape)?;
-        self.check_operand(&param.raw, OP)?;
-        self.check_operand(&grad.raw, OP)?;
-        if let Some(buf) = momentum_buffer.as_ref() {
-            self.check_operand(&buf.raw, OP)?;
-        }
-        let has_momentum = options.momentum != 0.0;
-        let first_step = has_momentum && momentum_buffer.is_none();
-        // Stored in `momentum_buffer` only once the step has run.
-        let fresh = match first_step {
-            true => Some(self.new_output(param.shape(), "sgd momentum buffer")?),
-            false => None,
-        };
-        // Checked mode needs the values before the update.
-        let before = if self.checked {
-            let buf = match momentum_buffer.as_ref() {
-                Some(b) if has_momentum => Some(self.host_f64(b)?),
-                _ => None,
-            };
-            Some((self.host_f64(param)?, self.host_f64(grad)?, buf))
-        } else {
-            None
-        };
-        let len = param.len();
-        if len > 0 {
-            let buf_raw = fresh
-                .as_ref()
-                .or(momentum_buffer.as_ref())
-                .filter(|_| has_momentum)
-                .map(|b| &b.raw);
-            let units = [(1, "parameter slice"); 3];
-            let per = self.items_per_chunk(&units, len)?;
-            let mut ds = Vec::new();
-            for e0 in (0..len).step_by(per) {
-                let e1 = (e0 + per).min(len);
-                let (pb, p_off) = self.window(&param.raw, e0, e1);
-                let (gb, g_off) = self.window(&grad.raw, e0, e1);
-                let (bb, buf_off) = match buf_raw {
-                    Some(raw) => self.window(raw, e0, e1),
-                    None => (Bind::whole(&self.dummy, 0), 0),
-                };
-                let params = SgdParams {
-                    total: (e1 - e0) as u32,
-                    p_off,
-                    g_off,
-                    buf_off,
-                    lr: (options.lr as f32).to_bits(),
-                    momentum: (options.momentum as f32).to_bits(),
-                    weight_decay: (options.weight_decay as f32).to_bits(),
-                    first_step: first_step as u32,
-                    has_momentum: has_momentum as u32,
-                    ..Default::default()
-                };
-                ds.push(Dispatch {
-                    kernel: Kernel::SgdStep,
-                    params: bytemuck::bytes_of(&params).to_vec(),
-                    bindings: vec![pb, gb, bb],
-                    items: (e1 - e0) as u64,
-                });
-            }
-            self.execute(OP, &ds)?;
-        }
-        if fresh.is_some() {
-            *momentum_buffer = fresh;
-        }
-        if let Some((mut p, g, mut buf)) = before {
-            reference::sgd_step(p.view_mut(), g.view(), &mut buf, options)?;
-            verdict(OP, &self.download(param)?, &p)?;
-            if let (Some(got), Some(want)) = (momentum_buffer.as_ref(), buf.as_ref()) {
-                verdict(OP, &self.download(got)?, want)?;
-            }
-        }
-        Ok(())
     }
 }

@@ -29,15 +29,15 @@ impl Out<'_> {
     }
 }
 
-/// `Err` naming the dtype unless `raw` is f32: the `nn` ops compute on f32 tensors so far; a
-/// 16-bit tensor goes through [`Gpu::cast`] first.
+/// `Err` naming the dtype unless `raw` is f32: the `nn` ops' f32 bodies (16-bit operands reach
+/// them widened, `staged.rs`) and SGD, which updates f32 master weights.
 pub(crate) fn require_f32(raw: &Raw, op: &str) -> Result<()> {
     if raw.dtype == DType::F32 {
         return Ok(());
     }
     Err(Error::InvalidArgument(format!(
-        "{op}: the tensor of shape {:?} is {}, and this op takes f32 tensors only so far; \
-         convert it with Gpu::cast(&t, DType::F32)",
+        "{op}: the tensor of shape {:?} is {}, and this op takes f32 tensors (master weights \
+         and gradients are f32); convert it with Gpu::cast(&t, DType::F32)",
         raw.shape, raw.dtype
     )))
 }

@@ -98,6 +98,25 @@ impl Gpu {
         }
     }
 
+    /// An `nn` op on 16-bit operands: `f` on exact f32 copies of them, its result rounded once
+    /// to their dtype; `None` for f32 operands (the op then runs as it is).
+    pub(crate) fn nn_via_f32(
+        &self,
+        op: &str,
+        operands: &[Option<&Tensor>],
+        f: impl FnOnce(&[Option<&Tensor>]) -> Result<Tensor>,
+    ) -> Result<Option<Tensor>> {
+        let Some(dtype) = self.staged_dtype(op, operands, None)? else {
+            return Ok(None);
+        };
+        let wide = operands
+            .iter()
+            .map(|t| t.map(|t| self.cast(t, DType::F32)).transpose())
+            .collect::<Result<Vec<_>>>()?;
+        let wide: Vec<Option<&Tensor>> = wide.iter().map(Option::as_ref).collect();
+        Ok(Some(self.cast(&f(&wide)?, dtype)?))
+    }
+
     /// `src` converted into the caller's tensor `t` (same shape), in this op or its batch.
     pub(crate) fn cast_into(&self, sink: &mut Sink<'_>, src: &Raw, t: &mut Tensor) -> Result<()> {
         if src.shape != t.raw.shape {

@@ -5,7 +5,7 @@ use ndarray::{Array1, Array2, Array4};
 use super::{Layer, Param, Rng, StepClock, init_bound, uniform_values};
 use crate::error::{Result, invalid, mismatch};
 use crate::spec::numel;
-use crate::{Conv2dSpec, Gpu, IndexTensor, Pool2dSpec, Tensor};
+use crate::{Conv2dSpec, DType, Gpu, IndexTensor, Pool2dSpec, Tensor};
 
 fn no_forward(layer: &str) -> crate::Error {
     invalid(format!(
@@ -13,6 +13,14 @@ fn no_forward(layer: &str) -> crate::Error {
          takes one saved training forward, Layer::forward; Layer::infer saves none, and a step \
          ends at Sgd::step or zero_grad)"
     ))
+}
+
+/// `t` as f32: itself, or an exact copy of a 16-bit tensor.
+fn widened(gpu: &Gpu, t: Tensor) -> Result<Tensor> {
+    match t.dtype() {
+        DType::F32 => Ok(t),
+        _ => gpu.cast(&t, DType::F32),
+    }
 }
 
 /// The latest saved forward of a layer without parameters, or `Err` naming the layer.
@@ -155,18 +163,23 @@ impl Layer for Conv2d {
         Ok(y)
     }
     fn infer(&self, gpu: &Gpu, x: &Tensor) -> Result<Tensor> {
-        let p = &self.params;
-        gpu.conv2d_forward(x, &p.weight, p.bias.as_ref(), &self.spec)
+        let cast = self.params.cast_to(gpu, x.dtype())?;
+        let (w, b) = self.params.in_dtype(&cast);
+        gpu.conv2d_forward(x, w, b, &self.spec)
     }
     fn backward(&mut self, gpu: &Gpu, dy: Tensor) -> Result<Tensor> {
         let x = self.params.latest_input("Conv2d")?;
-        let dx =
-            gpu.conv2d_backward_input(&dy, &self.params.weight, hw(x, "Conv2d")?, &self.spec)?;
+        let hw = hw(x, "Conv2d")?;
+        let cast = self.params.cast_to(gpu, dy.dtype())?;
+        let (w, _) = self.params.in_dtype(&cast);
+        let dx = gpu.conv2d_backward_input(&dy, w, hw, &self.spec)?;
         self.backward_params(gpu, dy)?;
         Ok(dx)
     }
     fn backward_params(&mut self, gpu: &Gpu, dy: Tensor) -> Result<()> {
         let x = self.params.take_input("Conv2d")?;
+        // Gradients of 16-bit activations go to the f32 masters: computed on exact f32 copies.
+        let (x, dy) = (widened(gpu, x)?, widened(gpu, dy)?);
         let p = &mut self.params;
         let s = p.weight.shape();
         let khw = [s[2], s[3]];
@@ -236,16 +249,21 @@ impl Layer for Linear {
         Ok(y)
     }
     fn infer(&self, gpu: &Gpu, x: &Tensor) -> Result<Tensor> {
-        gpu.linear_forward(x, &self.params.weight, self.params.bias.as_ref())
+        let cast = self.params.cast_to(gpu, x.dtype())?;
+        let (w, b) = self.params.in_dtype(&cast);
+        gpu.linear_forward(x, w, b)
     }
     fn backward(&mut self, gpu: &Gpu, dy: Tensor) -> Result<Tensor> {
         self.params.latest_input("Linear")?;
-        let dx = gpu.linear_backward_input(&dy, &self.params.weight)?;
+        let cast = self.params.cast_to(gpu, dy.dtype())?;
+        let (w, _) = self.params.in_dtype(&cast);
+        let dx = gpu.linear_backward_input(&dy, w)?;
         self.backward_params(gpu, dy)?;
         Ok(dx)
     }
     fn backward_params(&mut self, gpu: &Gpu, dy: Tensor) -> Result<()> {
         let x = self.params.take_input("Linear")?;
+        let (x, dy) = (widened(gpu, x)?, widened(gpu, dy)?);
         let p = &mut self.params;
         if p.accumulating() {
             // A later use in the step: added in as a 1x1 conv's dW and db of the same sums
@@ -482,6 +500,28 @@ impl WeightBias {
             grads_step: None,
             inputs: Vec::new(),
         })
+    }
+
+    /// For activations of `dtype`: `None` for f32 (the masters serve), else the weight and the
+    /// bias rounded to it (mixed precision: f32 masters, 16-bit compute).
+    fn cast_to(&self, gpu: &Gpu, dtype: DType) -> Result<Option<(Tensor, Option<Tensor>)>> {
+        if dtype == DType::F32 {
+            return Ok(None);
+        }
+        let b = self.bias.as_ref().map(|b| gpu.cast(b, dtype)).transpose()?;
+        Ok(Some((gpu.cast(&self.weight, dtype)?, b)))
+    }
+
+    /// The weight and bias to compute with: the cast ones of [`WeightBias::cast_to`], or the
+    /// masters.
+    fn in_dtype<'a>(
+        &'a self,
+        cast: &'a Option<(Tensor, Option<Tensor>)>,
+    ) -> (&'a Tensor, Option<&'a Tensor>) {
+        match cast {
+            Some((w, b)) => (w, b.as_ref()),
+            None => (&self.weight, self.bias.as_ref()),
+        }
     }
 
     /// Saves a training forward's input for this step's backward, dropping the inputs of

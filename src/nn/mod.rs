@@ -2,6 +2,15 @@
 //! backward, a [`Sequential`] container, PyTorch's initialisation, and an [`Sgd`] optimizer.
 //! Tensors stay on the GPU for the whole step; only the loss need be read back.
 //!
+//! # Mixed precision
+//!
+//! Give the model a 16-bit input (`gpu.upload_as(&x, DType::BF16)`) and it computes in that
+//! dtype: `Conv2d` and `Linear` round their f32 master weights to it for the forward and dx,
+//! every op sums in f32 and rounds its result once, the weight gradients go to the f32 masters
+//! (computed on exact f32 copies of the 16-bit activations), and [`Sgd`] updates the masters.
+//! The loss is f32 from 16-bit logits. f16 needs [`GradScaler`] (dynamic loss scaling);
+//! bf16 has f32's range.
+//!
 //! # Training steps
 //!
 //! The rules are PyTorch's, made explicit because there is no autograd graph:
@@ -55,8 +64,10 @@
 //! # Ok(()) }
 //! ```
 
+mod amp;
 mod layers;
 
+pub use amp::GradScaler;
 pub use layers::{AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d, Relu};
 // The hyperparameters of `Sgd`, defined with the other options in `spec` (which the reference
 // and the GPU driver use without depending on this module).
@@ -322,6 +333,17 @@ impl Sgd {
     /// Updates every parameter in place from its gradient, then ends the step of each (the
     /// next backward replaces the gradients).
     pub fn step(&mut self, gpu: &Gpu, params: Vec<Param<'_>>) -> Result<()> {
+        self.step_scaled(gpu, params, 1.0)
+    }
+
+    /// [`Sgd::step`] with every gradient multiplied by `grad_scale` first (1 / the loss scale;
+    /// see [`GradScaler`]).
+    pub fn step_scaled(
+        &mut self,
+        gpu: &Gpu,
+        params: Vec<Param<'_>>,
+        grad_scale: f32,
+    ) -> Result<()> {
         if self.buffers.is_empty() {
             self.buffers.resize_with(params.len(), || None);
         } else if self.buffers.len() != params.len() {
@@ -333,7 +355,7 @@ impl Sgd {
         }
         for (p, buf) in params.into_iter().zip(&mut self.buffers) {
             if let Some(grad) = p.grad {
-                gpu.sgd_step(p.value, grad, buf, &self.options)?;
+                gpu.sgd_step_scaled(p.value, grad, buf, &self.options, grad_scale)?;
             }
             p.end_step();
         }

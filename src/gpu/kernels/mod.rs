@@ -93,6 +93,8 @@ pub enum Kernel {
     Conv2dCol2im,
     /// `shaders/cast.wgsl`: a tensor converted from the first dtype to the second.
     Cast(DType, DType),
+    /// `shaders/all_finite.wgsl`: sets a flag where an element is inf or NaN.
+    AllFinite,
 }
 
 /// How a storage binding is accessed (WGSL `read` or `read_write`).
@@ -149,7 +151,7 @@ macro_rules! row {
 
 /// Every kernel, one row each, in the order of [`Kernel::row`].
 #[rustfmt::skip]
-pub static TABLE: [KernelDef; 27] = [
+pub static TABLE: [KernelDef; 28] = [
     row!("conv2d_forward", ConvParams, [Read, Read, Read, ReadWrite], PerElement),
     row!("conv2d_depthwise", ConvParams, [Read, Read, Read, ReadWrite], PerElement),
     row!("conv2d_depthwise_backward_input", ConvParams, [Read, Read, ReadWrite], PerElement),
@@ -177,14 +179,15 @@ pub static TABLE: [KernelDef; 27] = [
     row!("winograd_dw_output", WinogradParams, [Read, ReadWrite], PerElement),
     row!("conv2d_col2im", ConvParams, [Read, ReadWrite], PerElement),
     row!("cast", EltParams, [Read, ReadWrite], PerElement),
+    row!("all_finite", EltParams, [Read, ReadWrite], PerElement),
 ];
 
 /// The assembled source of each row, joined on first use.
-static SOURCES: [OnceLock<String>; 27] = [const { OnceLock::new() }; 27];
+static SOURCES: [OnceLock<String>; 28] = [const { OnceLock::new() }; 28];
 
 impl Kernel {
     /// All kernels, for validation tests and warm-up.
-    pub const ALL: [Kernel; 29] = [
+    pub const ALL: [Kernel; 30] = [
         Kernel::Conv2dForward,
         Kernel::Conv2dDepthwise,
         Kernel::Conv2dDepthwiseBackwardInput,
@@ -214,6 +217,7 @@ impl Kernel {
         Kernel::WinogradDwOutput,
         Kernel::Conv2dCol2im,
         Kernel::Cast(DType::F32, DType::F16),
+        Kernel::AllFinite,
     ];
 
     /// The implicit-GEMM kernels specialised for a tile.
@@ -256,6 +260,7 @@ impl Kernel {
             Kernel::WinogradDwOutput => 24,
             Kernel::Conv2dCol2im => 25,
             Kernel::Cast(..) => 26,
+            Kernel::AllFinite => 27,
         }
     }
 

@@ -111,16 +111,18 @@ params_struct! {
 
 params_struct! {
     /// Parameters of the row-wise kernels (`linear_backward_bias.wgsl`,
-    /// `softmax_cross_entropy.wgsl`) on a `[rows, cols]` matrix.
-    RowsParams { rows, cols, _pad0, _pad1 }
+    /// `softmax_cross_entropy.wgsl`) on a `[rows, cols]` matrix; `scale` (f32 bits) multiplies
+    /// the softmax gradient (loss scaling; 1.0 otherwise).
+    RowsParams { rows, cols, scale, _pad1 }
 }
 
 params_struct! {
-    /// Parameters of `sgd_step.wgsl`. `lr`, `momentum` and `weight_decay` hold `f32` bits
-    /// (`f32::to_bits`); the WGSL struct declares them `f32`.
+    /// Parameters of `sgd_step.wgsl`. `lr`, `momentum`, `weight_decay` and `grad_scale` (the
+    /// gradient's multiplier: 1 / the loss scale, else 1.0) hold `f32` bits (`f32::to_bits`);
+    /// the WGSL struct declares them `f32`.
     SgdParams {
         total, p_off, g_off, buf_off, lr, momentum, weight_decay, first_step,
-        has_momentum, _pad0, _pad1, _pad2,
+        has_momentum, grad_scale, _pad1, _pad2,
     }
 }
 
