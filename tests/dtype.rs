@@ -7,19 +7,11 @@
 
 mod common;
 
-use common::{caller_buffer, caller_device, fresh, gpu};
+use common::{bits, caller_buffer, caller_device, fresh, gpu};
 use ndarray::Array1;
 use wgconv::{DType, Error, Gpu, Tensor};
 
 const SIXTEEN: [DType; 2] = [DType::F16, DType::BF16];
-
-fn bits(gpu: &Gpu, t: &Tensor) -> Vec<u32> {
-    gpu.download(t)
-        .unwrap()
-        .iter()
-        .map(|v| v.to_bits())
-        .collect()
-}
 
 /// A view of the caller's buffer holding `patterns` as 16-bit elements of `dtype` (the
 /// buffer's usage has no more than a framework's activations need).

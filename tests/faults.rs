@@ -22,14 +22,6 @@ const _: fn() = || {
     send_sync::<Error>();
 };
 
-fn bits(gpu: &Gpu, t: &Tensor) -> Vec<u32> {
-    gpu.download(t)
-        .unwrap()
-        .iter()
-        .map(|v| v.to_bits())
-        .collect()
-}
-
 // ---------------------------------------------------------------------------------------------
 // Device faults.
 

@@ -12,14 +12,6 @@ use ndarray::{Array1, Array2, Array4, ArrayD, IxDyn};
 use wgconv::nn::{AvgPool2d, Conv2d, Flatten, Layer, Linear, MaxPool2d, Relu, Sequential, Sgd};
 use wgconv::{Conv2dSpec, Error, Gpu, Padding2d, Pool2dSpec, Tensor, reference};
 
-fn bits(gpu: &Gpu, t: &Tensor) -> Vec<u32> {
-    gpu.download(t)
-        .unwrap()
-        .iter()
-        .map(|v| v.to_bits())
-        .collect()
-}
-
 /// The bits of every parameter gradient of `model`.
 fn grad_bits(gpu: &Gpu, model: &mut Sequential) -> Vec<Vec<u32>> {
     model

@@ -8,20 +8,12 @@
 
 mod common;
 
-use common::{Rng, f64s, fresh, gpu, random_conv, random_pool};
+use common::{Rng, bits, f64s, fresh, gpu, random_conv, random_pool};
 use ndarray::{Array1, Array4, ArrayD, Ix4};
 use wgconv::compare::GPU_TOLERANCE;
 use wgconv::{Conv2dSpec, DType, Error, Gpu, Padding2d, Pool2dSpec, Tensor, reference};
 
 const SIXTEEN: [DType; 2] = [DType::F16, DType::BF16];
-
-fn bits(gpu: &Gpu, t: &Tensor) -> Vec<u32> {
-    gpu.download(t)
-        .unwrap()
-        .iter()
-        .map(|v| v.to_bits())
-        .collect()
-}
 
 /// One unit in the last place of `v` in `dt` (the subnormal spacing near zero).
 fn ulp(dt: DType, v: f64) -> f64 {

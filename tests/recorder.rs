@@ -208,13 +208,7 @@ fn chained_recorders_equal_eager_in_order_and_refuse_the_wrong_order() {
         gpu.upload(&i.w).unwrap(),
         gpu.upload(&i.b).unwrap(),
     );
-    let bits = |t: &Tensor| -> Vec<u32> {
-        gpu.download(t)
-            .unwrap()
-            .iter()
-            .map(|v| v.to_bits())
-            .collect()
-    };
+    let bits = |t: &Tensor| common::bits(&gpu, t);
     let eager = {
         let y = gpu.conv2d_forward(&x, &w, Some(&b), &s).unwrap();
         let (m, idx) = gpu.max_pool2d_forward(&y, &p).unwrap();

@@ -5,20 +5,12 @@
 
 mod common;
 
-use common::{Rng, check_conv, fresh};
+use common::{Rng, bits, check_conv, fresh};
 use wgconv::gpu::plan;
 use wgconv::{Conv2dSpec, Gpu, Padding2d, TunedOp};
 
 fn temp(name: &str) -> std::path::PathBuf {
     std::env::temp_dir().join(format!("wgconv-tune-{}-{name}", std::process::id()))
-}
-
-fn bits(gpu: &Gpu, t: &wgconv::Tensor) -> Vec<u32> {
-    gpu.download(t)
-        .unwrap()
-        .iter()
-        .map(|v| v.to_bits())
-        .collect()
 }
 
 #[test]

@@ -39,6 +39,16 @@ pub fn fresh(builder: wgconv::GpuBuilder) -> Gpu {
         .expect("a wgpu adapter (see tests/common for the drivers)")
 }
 
+/// The bits of a downloaded tensor's values (f32, or 16-bit values widened), for bit-for-bit
+/// comparisons.
+pub fn bits(gpu: &Gpu, t: &Tensor) -> Vec<u32> {
+    gpu.download(t)
+        .unwrap()
+        .iter()
+        .map(|v| v.to_bits())
+        .collect()
+}
+
 /// A downloaded tensor as f64, any rank.
 pub fn dl(gpu: &Gpu, t: &Tensor) -> ArrayD<f64> {
     f64s(&gpu.download(t).unwrap())
