@@ -466,3 +466,54 @@ fn recorded_equals_eager_and_runs_repeat() {
         );
     }
 }
+
+/// The workspace query counts the f32 copies a 16-bit op stages through, and they are what the
+/// op takes from the pool (back in it afterwards).
+#[test]
+fn workspace_counts_the_staged_copies() {
+    use wgconv::gpu::ConvOp;
+    let gpu = fresh(Gpu::builder());
+    let spec = Conv2dSpec::new().with_padding(Padding2d::symmetric(1, 1));
+    let (xs, ws) = ([2, 8, 16, 16], [16, 8, 3, 3]);
+    for op in [
+        ConvOp::Forward,
+        ConvOp::BackwardInput,
+        ConvOp::BackwardWeight,
+        ConvOp::BackwardBias,
+    ] {
+        let f32_bytes = gpu.conv2d_workspace_bytes(op, xs, ws, &spec).unwrap();
+        assert_eq!(
+            gpu.conv2d_workspace_bytes_as(op, xs, ws, &spec, DType::F32)
+                .unwrap(),
+            f32_bytes
+        );
+        let staged = gpu
+            .conv2d_workspace_bytes_as(op, xs, ws, &spec, DType::BF16)
+            .unwrap()
+            - f32_bytes;
+        let (x, w, y) = (2 * 8 * 16 * 16, 16 * 8 * 9, 2 * 16 * 16 * 16);
+        let want = match op {
+            ConvOp::Forward => x + w + 16 + y,
+            ConvOp::BackwardBias => y + 16,
+            _ => x + w + y,
+        };
+        assert_eq!(staged, 4 * want as u64, "{op:?}");
+    }
+    let x = gpu
+        .upload_as(&Rng::new(1).array4_f32(xs), DType::F16)
+        .unwrap();
+    let w = gpu
+        .upload_as(&Rng::new(2).array4_f32(ws), DType::F16)
+        .unwrap();
+    gpu.synchronize().unwrap();
+    let before = gpu.pool_stats().held_bytes;
+    let y = gpu.conv2d_forward(&x, &w, None, &spec).unwrap();
+    gpu.synchronize().unwrap();
+    let returned = gpu.pool_stats().held_bytes - before;
+    let staged = 4 * (2 * 8 * 16 * 16 + 16 * 8 * 9 + 2 * 16 * 16 * 16) as u64;
+    assert!(
+        returned >= staged,
+        "{returned} bytes back in the pool, {staged} staged"
+    );
+    drop(y);
+}

@@ -435,6 +435,39 @@ impl Gpu {
         Ok(plan.workspace_bytes())
     }
 
+    /// [`Gpu::conv2d_workspace_bytes`] for tensors of `dtype`: for 16-bit tensors also the f32
+    /// copies the op stages its operands and result through (`x`, `w`, the bias, `y` for the
+    /// forward; `dy`, `w`, `dx` for dx; `x`, `dy`, `dW` for dW; `dy`, `db` for db), alive only
+    /// while the op runs.
+    pub fn conv2d_workspace_bytes_as(
+        &self,
+        op: ConvOp,
+        x: [usize; 4],
+        w: [usize; 4],
+        spec: &Conv2dSpec,
+        dtype: crate::DType,
+    ) -> Result<u64> {
+        let bytes = self.conv2d_workspace_bytes(op, x, w, spec)?;
+        if dtype == crate::DType::F32 {
+            return Ok(bytes);
+        }
+        let g = spec.forward_geometry(x, w)?;
+        let n = |s: &[usize]| s.iter().map(|&d| d as u64).product::<u64>();
+        let (xs, ws, ys, k) = (
+            n(&g.x_shape()),
+            n(&g.w_shape()),
+            n(&g.y_shape()),
+            g.k as u64,
+        );
+        let staged = match op {
+            ConvOp::Forward => xs + ws + k + ys,
+            ConvOp::BackwardInput | ConvOp::BackwardInputAccumulate => ys + ws + xs,
+            ConvOp::BackwardWeight => xs + ys + ws,
+            ConvOp::BackwardBias => ys + k,
+        };
+        Ok(bytes.saturating_add(staged.saturating_mul(4)))
+    }
+
     /// The workspace of an op whose samples are cut into row bands (`None` when they are not):
     /// the band tensors and the most scratch one band's plan takes.
     fn band_workspace(&self, op: ConvOp, g: &crate::spec::Conv2dGeometry) -> Result<Option<u64>> {
