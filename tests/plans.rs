@@ -155,8 +155,13 @@ fn rules_pick_kernels_and_tiles_by_shape_and_driver() {
     // Few columns: the narrow tile, the CPU driver's own variant.
     let narrow = geometry([2, 16, 16, 16], [16, 16, 3, 3], Conv2dSpec::default());
     let tile = |p: &DeviceProfile| plan::conv2d_forward(p, &narrow, false).unwrap().tile;
-    assert_eq!(tile(&cpu), Some(Tile::NARROW_CPU));
+    assert_eq!(tile(&cpu), Some(Tile::NARROW16_CPU));
     assert_eq!(tile(&gpu), Some(Tile::NARROW));
+    // 17 to 32 columns: the 32-wide narrow tile on CPU drivers too.
+    let n32 = geometry([2, 16, 16, 16], [32, 16, 3, 3], Conv2dSpec::default());
+    let tile32 = |p: &DeviceProfile| plan::conv2d_forward(p, &n32, false).unwrap().tile;
+    assert_eq!(tile32(&cpu), Some(Tile::NARROW_CPU));
+    assert_eq!(tile32(&gpu), Some(Tile::NARROW));
     // dW on a CPU driver: the medium tile.
     let dw = |p: &DeviceProfile| plan::conv2d_backward_weight(p, &dense, false).unwrap().tile;
     assert_eq!(dw(&cpu), Some(Tile::MEDIUM));

@@ -117,12 +117,17 @@ pub fn default_tile(limits: &wgpu::Limits) -> Tile {
 
 /// The tile for a GEMM with `cols` columns: the profile's, or with an adapter-chosen tile, a
 /// narrow one when the columns would leave most of a wide tile empty ([`Tile::NARROW`];
-/// [`Tile::NARROW_CPU`] on a CPU driver: 69 vs 60 ms on lavapipe for `q_dil3x3d2`).
+/// [`Tile::NARROW_CPU`] on a CPU driver: 69 vs 60 ms on lavapipe for `q_dil3x3d2`; and there
+/// [`Tile::NARROW16_CPU`] for at most 16 columns, which would leave half of a 32-wide tile
+/// empty: 8.3 vs 6.3 ms on lavapipe for `q_conv4x4same`'s forward and dx). GPUs keep
+/// [`Tile::NARROW`] until a GPU measures the 16-wide tile.
 pub fn gemm_tile(p: &DeviceProfile, cols: usize) -> Tile {
-    let narrow = if p.cpu {
-        Tile::NARROW_CPU
-    } else {
-        Tile::NARROW
+    let narrow = match p.cpu {
+        true if cols <= Tile::NARROW16_CPU.bn as usize && p.fits(Tile::NARROW16_CPU) => {
+            Tile::NARROW16_CPU
+        }
+        true => Tile::NARROW_CPU,
+        false => Tile::NARROW,
     };
     if p.auto_tile && cols <= narrow.bn as usize && p.fits(narrow) {
         narrow
