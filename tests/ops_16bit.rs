@@ -517,3 +517,53 @@ fn workspace_counts_the_staged_copies() {
     );
     drop(y);
 }
+
+/// NaN and ±inf in 16-bit inputs reach the outputs as in f32, a sum past f16's range becomes
+/// ±inf (bf16's range holds it), and `download_async` widens 16-bit results as `download`.
+#[test]
+fn nan_inf_and_overflow_in_16_bits() {
+    let gpu = gpu();
+    let spec = Conv2dSpec::new().with_padding(Padding2d::symmetric(1, 1));
+    let mut x = Array4::<f32>::from_elem((1, 8, 5, 5), 200.0);
+    x[[0, 0, 1, 1]] = f32::NAN;
+    x[[0, 1, 3, 3]] = f32::INFINITY;
+    let w = Array4::<f32>::from_elem((2, 8, 3, 3), 200.0);
+    for dt in SIXTEEN {
+        let (xt, wt) = (
+            gpu.upload_as(&x, dt).unwrap(),
+            gpu.upload_as(&w, dt).unwrap(),
+        );
+        let y = gpu
+            .download(&gpu.conv2d_forward(&xt, &wt, None, &spec).unwrap())
+            .unwrap();
+        let y32 = gpu
+            .download(
+                &gpu.conv2d_forward(
+                    &gpu.upload(&x).unwrap(),
+                    &gpu.upload(&w).unwrap(),
+                    None,
+                    &spec,
+                )
+                .unwrap(),
+            )
+            .unwrap();
+        for (i, (&g, &f)) in y.iter().zip(y32.iter()).enumerate() {
+            if f.is_nan() {
+                assert!(g.is_nan(), "{dt}: element {i}: NaN in f32, {g} in 16 bits");
+            } else if f.is_infinite() {
+                assert_eq!(g, f, "{dt}: element {i}");
+            } else if dt == DType::F16 {
+                // 200 * 200 * up to 72 taps: past 65504.
+                assert_eq!(g, f32::INFINITY, "{dt}: element {i}: {f} overflows f16");
+            } else {
+                assert_eq!(g, DType::BF16.round(f), "{dt}: element {i}");
+            }
+        }
+        assert!(y.iter().any(|v| v.is_nan()) && y.iter().any(|v| v.is_infinite()));
+        let t = gpu
+            .upload_as(&Array1::from(vec![1.5f32, -0.1, 3e4]), dt)
+            .unwrap();
+        let got = pollster::block_on(gpu.download_async(&t)).unwrap();
+        assert_eq!(got, gpu.download(&t).unwrap(), "{dt}: download_async");
+    }
+}
