@@ -22,6 +22,15 @@ fn load(i: u32) -> u32 {
     return widen_bits(half_of(src[p.a_off + i / 2u], i), SRC);
 }
 
+// Element i of the source as a 16-bit pattern of the target's dtype: the source's own bits when
+// the dtypes are the same (a copy keeps every pattern, NaN payloads included).
+fn load16(i: u32) -> u32 {
+    if (SRC == DST) {
+        return half_of(src[p.a_off + i / 2u], i);
+    }
+    return narrow_bits(load(i), DST);
+}
+
 // p.total counts the window's elements; w is a word of the target window.
 fn element(w: u32) {
     if (DST == DT_F32) {
@@ -34,10 +43,10 @@ fn element(w: u32) {
     if (i >= p.total) {
         return;
     }
-    let lo = narrow_bits(load(i), DST);
+    let lo = load16(i);
     var hi = dst[p.out_off + w] >> 16u;
     if (i + 1u < p.total) {
-        hi = narrow_bits(load(i + 1u), DST);
+        hi = load16(i + 1u);
     }
     dst[p.out_off + w] = lo | (hi << 16u);
 }

@@ -41,9 +41,14 @@ impl Gpu {
             )));
         }
         match out.map(Tensor::dtype) {
-            Some(t) if t != dtype && t != DType::F32 => Err(Error::InvalidArgument(format!(
-                "{op}: {dtype} operands and a {t} output; the output may be {dtype} or f32"
-            ))),
+            Some(t) if t != dtype && t != DType::F32 => Err(Error::InvalidArgument(match dtype {
+                DType::F32 => {
+                    format!("{op}: f32 operands and a {t} output; the output must be f32")
+                }
+                _ => format!(
+                    "{op}: {dtype} operands and a {t} output; the output may be {dtype} or f32"
+                ),
+            })),
             _ if dtype == DType::F32 => Ok(None),
             _ => Ok(Some(dtype)),
         }
