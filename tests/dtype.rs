@@ -66,12 +66,18 @@ fn every_16_bit_pattern_widens_and_converts_as_the_host() {
         // To its own dtype: a copy of every pattern (signalling NaNs included), read back raw.
         let copy = gpu.cast(&view, dt).unwrap();
         let (buffer, offset) = copy.into_buffer().unwrap();
-        let raw = gpu.tensor_from_buffer(buffer, offset, &[all.len() / 2]).unwrap();
+        let raw = gpu
+            .tensor_from_buffer(buffer, offset, &[all.len() / 2])
+            .unwrap();
         let words: Vec<u32> = all
             .chunks(2)
             .map(|p| u32::from(p[0]) | (u32::from(p[1]) << 16))
             .collect();
-        assert_eq!(bits(gpu, &raw), words, "{dt}: a cast to its own dtype copies the bits");
+        assert_eq!(
+            bits(gpu, &raw),
+            words,
+            "{dt}: a cast to its own dtype copies the bits"
+        );
     }
 }
 
