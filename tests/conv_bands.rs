@@ -164,13 +164,7 @@ fn banded_ops_accumulate_record_and_repeat_bit_for_bit() {
     close(&dl4(&gpu, &rdw), &dw_ref, "recorded dW");
     close(&dl(&gpu, &rdb), &db_ref, "recorded db");
     // An eager banded op is one submission too; and the same bits every time.
-    let bits = |t: &wgconv::Tensor| -> Vec<u32> {
-        gpu.download(t)
-            .unwrap()
-            .iter()
-            .map(|v| v.to_bits())
-            .collect()
-    };
+    let bits = |t: &wgconv::Tensor| common::bits(&gpu, t);
     let before = gpu.counters().submissions;
     let y1 = gpu.conv2d_forward(&gx, &gw, None, &spec).unwrap();
     assert_eq!(gpu.counters().submissions - before, 1, "one submission");

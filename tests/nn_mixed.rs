@@ -135,13 +135,7 @@ fn all_finite_and_nn_ops_in_16_bits() {
             gpu.upload_as(&w, dt).unwrap(),
         );
         let wide = |t: &wgconv::Tensor| gpu.cast(t, DType::F32).unwrap();
-        let bits = |t: &wgconv::Tensor| -> Vec<u32> {
-            gpu.download(t)
-                .unwrap()
-                .iter()
-                .map(|v| v.to_bits())
-                .collect()
-        };
+        let bits = |t: &wgconv::Tensor| bits(gpu, t);
         let y = gpu.linear_forward(&a16, &w16, None).unwrap();
         assert_eq!(y.dtype(), dt);
         let y32 = gpu.linear_forward(&wide(&a16), &wide(&w16), None).unwrap();

@@ -188,13 +188,7 @@ fn chunked_accumulated_and_bit_identical() {
     let b = Array1::from_vec(vec![0.5f32, -0.25]);
     check_conv(&gpu, "chunked", &x, &w, Some(&b), &spec);
     let (gx, gw) = (gpu.upload(&x).unwrap(), gpu.upload(&w).unwrap());
-    let bits = |t: &wgconv::Tensor| -> Vec<u32> {
-        gpu.download(t)
-            .unwrap()
-            .iter()
-            .map(|v| v.to_bits())
-            .collect()
-    };
+    let bits = |t: &wgconv::Tensor| common::bits(&gpu, t);
     let runs: Vec<Vec<u32>> = (0..3)
         .map(|_| bits(&gpu.conv2d_forward(&gx, &gw, None, &spec).unwrap()))
         .collect();
