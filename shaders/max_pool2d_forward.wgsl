@@ -43,7 +43,10 @@ fn element(idx: u32) {
     let w0 = first_tap(ws, p.dil_w);
 
     let base = p.in_off + plane * p.h * p.w;
-    var best = bitcast<f32>(0xff800000u); // -inf
+    // -inf, through a var: WGSL rejects a constant expression that is not finite (Chromium's
+    // Tint refuses `bitcast<f32>(0xff800000u)`; naga allows it).
+    var neg_inf_bits = 0xff800000u;
+    var best = bitcast<f32>(neg_inf_bits);
     var at = h0 * p.w + w0;
     for (var ih = h0; ih < h_end; ih += p.dil_h) {
         for (var iw = w0; iw < w_end; iw += p.dil_w) {

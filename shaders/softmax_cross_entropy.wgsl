@@ -23,13 +23,16 @@ fn is_nan(v: f32) -> bool {
 
 @compute @workgroup_size(WG)
 fn main(@builtin(local_invocation_index) lid: u32) {
-    let nan = bitcast<f32>(0x7fc00000u);
+    // NaN and -inf through vars: WGSL rejects a constant expression that is not finite
+    // (Chromium's Tint refuses `bitcast<f32>(0x7fc00000u)`; naga allows it).
+    var special_bits = vec2<u32>(0x7fc00000u, 0xff800000u);
+    let nan = bitcast<f32>(special_bits.x);
     let inv_rows = 1.0 / f32(p.rows);
     var acc = 0.0;
     var bad_rows = 0u;
     for (var r = lid; r < p.rows; r += WG) {
         let base = r * p.cols;
-        var m = bitcast<f32>(0xff800000u); // -inf
+        var m = bitcast<f32>(special_bits.y); // -inf
         for (var c = 0u; c < p.cols; c++) {
             let z = logits[base + c];
             if (z > m || is_nan(z)) {

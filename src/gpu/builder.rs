@@ -191,8 +191,31 @@ impl GpuBuilder {
         self
     }
 
-    /// Selects the adapter and creates the device.
+    /// Selects the adapter and creates the device, blocking until they are ready. In a browser
+    /// (wasm32), where adapter and device requests resolve through the page's event loop, this
+    /// is an `Err(Adapter)`: use [`GpuBuilder::build_async`] there.
     pub fn build(self) -> Result<Gpu> {
+        if cfg!(target_arch = "wasm32") {
+            return Err(Error::Adapter(
+                "a blocking device request is not available in a browser (wasm32): use \
+                 GpuBuilder::build_async or Gpu::new_async"
+                    .into(),
+            ));
+        }
+        pollster::block_on(self.build_async())
+    }
+
+    /// [`GpuBuilder::build`] as a future: the way to make a `Gpu` in a browser (WebGPU, from
+    /// wasm32), where the environment variables are absent and the browser chooses the adapter
+    /// (a name or power preference given here still filters and ranks what it offers).
+    ///
+    /// ```no_run
+    /// # async fn run() -> wgconv::Result<()> {
+    /// let gpu = wgconv::Gpu::builder().build_async().await?;
+    /// # let _ = gpu;
+    /// # Ok(()) }
+    /// ```
+    pub async fn build_async(self) -> Result<Gpu> {
         let backends = match self.backends {
             Some(b) => b,
             None => backends_from_env()?,
@@ -211,17 +234,19 @@ impl GpuBuilder {
         let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
         desc.backends = backends;
         let instance = wgpu::Instance::new(desc);
-        let adapter = select_adapter(&instance, backends, name.as_deref(), power)?;
+        let adapter = select_adapter(&instance, backends, name.as_deref(), power).await?;
         let info = adapter.get_info();
         let limits = adapter.limits();
         let features = adapter.features() & wgpu::Features::TIMESTAMP_QUERY;
-        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
-            label: Some("wgconv"),
-            required_features: features,
-            required_limits: limits.clone(),
-            ..Default::default()
-        }))
-        .map_err(|e| Error::Adapter(format!("requesting a device from {}: {e}", info.name)))?;
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("wgconv"),
+                required_features: features,
+                required_limits: limits.clone(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Error::Adapter(format!("requesting a device from {}: {e}", info.name)))?;
 
         let lost = Arc::new(Mutex::new(None::<String>));
         let lost_cb = lost.clone();
@@ -491,13 +516,13 @@ pub(super) fn describe(info: &wgpu::AdapterInfo) -> String {
 
 /// Enumerates the adapters of `backends`, keeps those whose name contains `name`, and picks the
 /// best by device type for the power preference.
-fn select_adapter(
+async fn select_adapter(
     instance: &wgpu::Instance,
     backends: wgpu::Backends,
     name: Option<&str>,
     power: Option<wgpu::PowerPreference>,
 ) -> Result<wgpu::Adapter> {
-    let adapters = pollster::block_on(instance.enumerate_adapters(backends));
+    let adapters = instance.enumerate_adapters(backends).await;
     if adapters.is_empty() {
         return Err(Error::Adapter(format!(
             "no GPU adapter found for backends {backends:?}. Without a GPU, install Mesa's \

@@ -134,6 +134,12 @@ impl Gpu {
         GpuBuilder::default().build()
     }
 
+    /// [`Gpu::new`] as a future, the way to make a `Gpu` in a browser (wasm32, WebGPU); see
+    /// [`GpuBuilder::build_async`].
+    pub async fn new_async() -> Result<Gpu> {
+        GpuBuilder::default().build_async().await
+    }
+
     /// A builder for the options [`Gpu::new`] takes from the environment, and more.
     pub fn builder() -> GpuBuilder {
         GpuBuilder::default()

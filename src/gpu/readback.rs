@@ -240,7 +240,7 @@ impl Gpu {
             staging: Some(staging),
             state,
             index: Some(index),
-            deadline: Instant::now() + self.poll_timeout(),
+            deadline: deadline(self.poll_timeout()),
         })
     }
 
@@ -315,7 +315,14 @@ struct Readback {
     staging: Option<wgpu::Buffer>,
     state: Arc<Mutex<MapState>>,
     index: Option<wgpu::SubmissionIndex>,
-    deadline: Instant,
+    /// `None` in a browser, which has no clock here (`Instant::now` panics on wasm32) and
+    /// reports a hung device through device loss.
+    deadline: Option<Instant>,
+}
+
+/// The deadline of a download started now, where the target has a clock.
+fn deadline(timeout: Duration) -> Option<Instant> {
+    (!cfg!(target_arch = "wasm32")).then(|| Instant::now() + timeout)
 }
 
 impl Readback {
@@ -328,7 +335,7 @@ impl Readback {
             staging: None,
             state: Arc::new(Mutex::new(MapState::default())),
             index: None,
-            deadline: Instant::now(),
+            deadline: None,
         }
     }
 
@@ -373,14 +380,20 @@ impl Future for Readback {
             result = done(this);
         }
         match result {
-            None if Instant::now() > this.deadline => Poll::Ready(Err(Error::Readback(
-                "download_async: the GPU did not finish within the poll timeout".into(),
-            ))),
+            None if this.deadline.is_some_and(|d| Instant::now() > d) => {
+                Poll::Ready(Err(Error::Readback(
+                    "download_async: the GPU did not finish within the poll timeout".into(),
+                )))
+            }
             None => {
-                // The map callback runs only inside a device poll: ask to be polled again.
+                // On native the map callback runs only inside a device poll: ask to be polled
+                // again. In a browser the page's event loop runs it, and it wakes the task;
+                // polling again at once would keep that loop from ever running.
                 this.state.lock().unwrap_or_else(|e| e.into_inner()).waker =
                     Some(cx.waker().clone());
-                cx.waker().wake_by_ref();
+                if !cfg!(target_arch = "wasm32") {
+                    cx.waker().wake_by_ref();
+                }
                 Poll::Pending
             }
             Some(Err(e)) => Poll::Ready(Err(Error::Readback(format!(

@@ -14,11 +14,18 @@ use super::{Bind, Dispatch, Gpu};
 use crate::error::{Error, Result};
 
 /// Error scopes around one op: validation and out-of-memory errors become `Err`.
+///
+/// In a browser (wasm32) a scope's result arrives later, through the page's event loop, which
+/// an op cannot wait for; there no scope is pushed, and wgpu reports an error to the device's
+/// uncaptured-error handler: on a device wgconv created, the next op returns it (as
+/// `Error::Wgpu` "earlier call"); on the caller's device, the caller's handler gets it.
 pub(crate) struct Scope {
     // Fields drop in declaration order and wgpu panics unless scopes are popped in reverse
     // order of their push: `validation` (pushed last) must come first, so that an early return
     // between `scope()` and `finish()` drops them correctly.
+    #[cfg(not(target_arch = "wasm32"))]
     validation: wgpu::ErrorScopeGuard,
+    #[cfg(not(target_arch = "wasm32"))]
     oom: wgpu::ErrorScopeGuard,
 }
 
@@ -26,9 +33,15 @@ impl Scope {
     /// Pops the scopes (their futures are ready on native: no wait) and reports what they
     /// caught; then a loss seen earlier.
     pub fn finish(self, gpu: &Gpu, op: &str) -> Result<()> {
-        let validation = pollster::block_on(self.validation.pop());
-        let oom = pollster::block_on(self.oom.pop());
-        if let Some(e) = validation.or(oom) {
+        #[cfg(not(target_arch = "wasm32"))]
+        let caught = {
+            let validation = pollster::block_on(self.validation.pop());
+            let oom = pollster::block_on(self.oom.pop());
+            validation.or(oom)
+        };
+        #[cfg(target_arch = "wasm32")]
+        let caught: Option<wgpu::Error> = None;
+        if let Some(e) = caught {
             gpu.note_error();
             return Err(Error::Wgpu {
                 op: op.to_string(),
@@ -215,9 +228,14 @@ impl Gpu {
     }
 
     pub(crate) fn scope(&self) -> Scope {
-        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        Scope { oom, validation }
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+            let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+            Scope { oom, validation }
+        }
+        #[cfg(target_arch = "wasm32")]
+        Scope {}
     }
 
     /// Workgroup grid for `items` work items: 1-D up to `max_compute_workgroups_per_dimension`,
@@ -400,6 +418,15 @@ impl Gpu {
     /// Waits until submission `index` (all work when `None`) is done, up to the poll timeout.
     /// One wait may end early (GL caps it near 2 s), so it is repeated until the deadline.
     pub(crate) fn wait_for(&self, index: Option<wgpu::SubmissionIndex>) -> Result<()> {
+        if cfg!(target_arch = "wasm32") {
+            // The page's event loop finishes GPU work; a blocking wait would never see it.
+            let _ = index;
+            return Err(Error::Readback(
+                "a blocking wait for the GPU is not available in a browser (wasm32): use \
+                 Gpu::download_async"
+                    .into(),
+            ));
+        }
         let start = std::time::Instant::now();
         let timeout = self.poll_timeout();
         loop {

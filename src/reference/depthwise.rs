@@ -3,8 +3,8 @@
 //! parallel; inside a plane the order is fixed (taps row-major, rows in order), so the result
 //! does not depend on the thread count.
 
+use super::par::*;
 use ndarray::Array4;
-use rayon::prelude::*;
 
 use super::Element;
 use super::direct::tap;

@@ -7,10 +7,10 @@
 //! element that tap reads (zero in the padding).
 
 use ndarray::linalg::general_mat_mul;
-use ndarray::parallel::prelude::*;
 use ndarray::{Array2, Array4, ArrayView1, ArrayView2, ArrayView4, ArrayViewMut2, Axis, s};
 
 use super::direct::tap;
+use super::par::*;
 use super::{Element, check_bias, dims4};
 use crate::error::Result;
 use crate::spec::{Conv2dGeometry, Conv2dSpec};

@@ -22,6 +22,7 @@ mod depthwise;
 pub mod direct;
 pub mod gemm;
 pub mod nn;
+mod par;
 pub mod pool;
 pub mod transposed;
 
@@ -102,7 +103,7 @@ pub use pool::{avg_pool2d_backward, avg_pool2d_forward, max_pool2d_backward, max
 /// running sums by position mod 8 (the vectorisable order), planes in order of N, then the 8
 /// sums pairwise; channels in parallel. Deterministic, the same on every run and thread count.
 pub fn conv2d_backward_bias<A: Element>(dy: ArrayView4<A>) -> Array1<A> {
-    use rayon::prelude::*;
+    use par::*;
     const LANES: usize = 8;
     let k = dy.shape()[1];
     let sum_channel = |c: usize| -> A {

@@ -4,8 +4,8 @@
 use std::ops::Range;
 
 use ndarray::{Array4, ArrayView4};
-use rayon::iter::{IndexedParallelIterator, ParallelIterator};
 
+use super::par::*;
 use super::{Element, dims4};
 use crate::error::Result;
 use crate::spec::{Pool2dGeometry, Pool2dSpec};
@@ -122,8 +122,7 @@ fn for_each_avg_window<A: Element>(
 }
 
 /// The planes (`[n, c]` slices, contiguous) of a result in standard layout, in parallel.
-fn planes<T: Send>(a: &mut Array4<T>) -> rayon::slice::ChunksMut<'_, T> {
-    use rayon::prelude::*;
+fn planes<T: Send>(a: &mut Array4<T>) -> ChunksMut<'_, T> {
     let len = a.shape()[2] * a.shape()[3];
     a.as_slice_mut()
         .expect("results are in standard layout")

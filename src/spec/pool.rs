@@ -360,7 +360,7 @@ impl Pool2dGeometry {
 /// Indices are `u32` flat positions in an `H × W` plane.
 pub(crate) fn check_plane_indexable(h: usize, w: usize) -> Result<()> {
     match h.checked_mul(w) {
-        Some(p) if p <= 1 << 32 => Ok(()),
+        Some(p) if p as u64 <= 1 << 32 => Ok(()),
         _ => Err(Error::Overflow(format!(
             "max-pool input plane {h} x {w} has more elements than u32 indices can address"
         ))),
