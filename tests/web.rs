@@ -6,10 +6,10 @@
 //! an empty file.
 #![cfg(target_arch = "wasm32")]
 
-use ndarray::{Array, ArrayBase, ArrayD, Data, Dimension, IxDyn};
+use ndarray::{Array, ArrayD, ArrayView4, Ix1, IxDyn};
 use wasm_bindgen_test::{console_log, wasm_bindgen_test, wasm_bindgen_test_configure};
 use wgconv::compare::compare_in;
-use wgconv::{Conv2dSpec, DType, Error, Gpu, Padding2d, Pool2dSpec, reference};
+use wgconv::{Conv2dSpec, DType, Error, Gpu, Padding2d, Pool2dSpec, Tensor, reference};
 
 wasm_bindgen_test_configure!(run_in_browser);
 
@@ -66,188 +66,125 @@ fn quick() -> Vec<(&'static str, Kind)> {
     ]
 }
 
-/// Values in [-1, 1) from a fixed seed, rounded to `dtype` (so the reference sees what the
-/// GPU sees).
-fn random(shape: &[usize], seed: u64, dtype: DType) -> ArrayD<f32> {
-    let mut state = seed;
-    Array::from_shape_fn(IxDyn(shape), |_| {
-        state = state
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        dtype.round(((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0)
-    })
-}
-
-fn f64s<S: Data<Elem = f32>, D: Dimension>(a: &ArrayBase<S, D>) -> Array<f64, D> {
-    a.mapv(f64::from)
-}
-
-async fn download(gpu: &Gpu, t: &wgconv::Tensor) -> ArrayD<f32> {
+async fn download(gpu: &Gpu, t: &Tensor) -> ArrayD<f32> {
     gpu.download_async(t).await.expect("download_async")
 }
 
-/// Checks `got` against the f64 reference with the native rule for `dtype`; returns the
-/// relative error.
-fn check(what: &str, dtype: DType, got: &ArrayD<f32>, want: &ArrayD<f64>) -> f64 {
-    assert_eq!(got.shape(), want.shape(), "{what}: shape");
-    let got: Vec<f64> = got.iter().map(|&v| f64::from(v)).collect();
-    let want: Vec<f64> = want.iter().copied().collect();
-    let (c, ok) = compare_in(dtype, &got, &want);
-    assert!(
-        ok,
-        "{what} ({dtype}): relative error {:.3e} at {}",
-        c.rel_err(),
-        c.worst
-    );
-    c.rel_err()
+fn v4(a: &ArrayD<f64>) -> ArrayView4<'_, f64> {
+    a.view().into_dimensionality().expect("4-D")
+}
+
+/// One layer's ops in one dtype: random inputs on both sides, each result checked against the
+/// f64 reference with the native rule for the dtype ([`compare_in`]), the errors kept.
+struct Layer<'g> {
+    gpu: &'g Gpu,
+    dtype: DType,
+    name: &'static str,
+    seed: u64,
+    errors: Vec<(&'static str, f64)>,
+}
+
+impl Layer<'_> {
+    /// A random tensor rounded to the dtype: its f64 copy (the reference's input) and its upload.
+    fn input(&mut self, shape: &[usize]) -> (ArrayD<f64>, Tensor) {
+        self.seed += 1;
+        let mut state = self.seed;
+        let host = Array::from_shape_fn(IxDyn(shape), |_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            self.dtype
+                .round(((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0)
+        });
+        let t = self.gpu.upload_as(&host, self.dtype).expect("upload");
+        (host.mapv(f64::from), t)
+    }
+
+    /// Downloads `got` and checks it against `want`; returns its shape.
+    async fn check(&mut self, op: &'static str, got: &Tensor, want: ArrayD<f64>) -> Vec<usize> {
+        let got = download(self.gpu, got).await;
+        assert_eq!(got.shape(), want.shape(), "{} {op}: shape", self.name);
+        let got: Vec<f64> = got.iter().map(|&v| f64::from(v)).collect();
+        let (c, ok) = compare_in(self.dtype, &got, &want.iter().copied().collect::<Vec<_>>());
+        let (name, dtype, e) = (self.name, self.dtype, c.rel_err());
+        assert!(
+            ok,
+            "{name} {op} ({dtype}): relative error {e:.3e} at {}",
+            c.worst
+        );
+        self.errors.push((op, e));
+        want.shape().to_vec()
+    }
 }
 
 #[wasm_bindgen_test]
 async fn every_op_of_the_quick_suite_matches_the_reference() {
     let gpu = Gpu::new_async().await.expect("a WebGPU adapter");
     let info = gpu.adapter_info();
-    console_log!("adapter: {} ({:?})", info.name, info.backend);
+    console_log!("adapter: {:?} ({:?})", info.name, info.backend);
     let mut checks = 0;
     for dtype in [DType::F32, DType::F16, DType::BF16] {
         for (seed, (name, kind)) in quick().into_iter().enumerate() {
-            let seed = seed as u64 * 7 + 1;
-            let mut worst = Vec::new();
+            let seed = seed as u64 * 16;
+            let mut l = Layer {
+                gpu: &gpu,
+                dtype,
+                name,
+                seed,
+                errors: Vec::new(),
+            };
             match kind {
                 Kind::Conv(xs, k, kernel, spec) => {
                     let ws = [k, xs[1] / spec.groups, kernel, kernel];
-                    let (x, w) = (random(&xs, seed, dtype), random(&ws, seed + 1, dtype));
-                    let b = random(&[k], seed + 2, dtype);
-                    let (x4, w4) = (
-                        x.view().into_dimensionality().unwrap(),
-                        w.view().into_dimensionality().unwrap(),
-                    );
-                    let b1 = b.view().into_dimensionality().unwrap();
-                    let (xg, wg) = (
-                        gpu.upload_as(&x, dtype).unwrap(),
-                        gpu.upload_as(&w, dtype).unwrap(),
-                    );
-                    let bg = gpu.upload_as(&b, dtype).unwrap();
+                    let (hw, khw) = ([xs[2], xs[3]], [kernel, kernel]);
+                    let ((x, xg), (w, wg), (b, bg)) = (l.input(&xs), l.input(&ws), l.input(&[k]));
+                    let b = b.into_dimensionality::<Ix1>().expect("1-D");
                     let y = gpu.conv2d_forward(&xg, &wg, Some(&bg), &spec).unwrap();
-                    let want = reference::conv2d_forward(
-                        f64s(&x4).view(),
-                        f64s(&w4).view(),
-                        Some(f64s(&b1).view()),
-                        &spec,
-                    )
-                    .unwrap();
-                    let got = download(&gpu, &y).await;
-                    worst.push((
-                        "forward",
-                        check(&format!("{name} forward"), dtype, &got, &want.into_dyn()),
-                    ));
-                    let dy = random(got.shape(), seed + 3, dtype);
-                    let dy4 = dy.view().into_dimensionality().unwrap();
-                    let dyg = gpu.upload_as(&dy, dtype).unwrap();
-                    let dx = gpu
-                        .conv2d_backward_input(&dyg, &wg, [xs[2], xs[3]], &spec)
-                        .unwrap();
-                    let want = reference::conv2d_backward_input(
-                        f64s(&dy4).view(),
-                        f64s(&w4).view(),
-                        [xs[2], xs[3]],
-                        &spec,
-                    )
-                    .unwrap();
-                    let got = download(&gpu, &dx).await;
-                    worst.push((
-                        "dx",
-                        check(&format!("{name} dx"), dtype, &got, &want.into_dyn()),
-                    ));
-                    let dw = gpu
-                        .conv2d_backward_weight(&xg, &dyg, [kernel, kernel], &spec)
-                        .unwrap();
-                    let want = reference::conv2d_backward_weight(
-                        f64s(&x4).view(),
-                        f64s(&dy4).view(),
-                        [kernel, kernel],
-                        &spec,
-                    )
-                    .unwrap();
-                    let got = download(&gpu, &dw).await;
-                    worst.push((
-                        "dw",
-                        check(&format!("{name} dw"), dtype, &got, &want.into_dyn()),
-                    ));
+                    let want = reference::conv2d_forward(v4(&x), v4(&w), Some(b.view()), &spec);
+                    let ys = l.check("forward", &y, want.unwrap().into_dyn()).await;
+                    let (dy, dyg) = l.input(&ys);
+                    let dx = gpu.conv2d_backward_input(&dyg, &wg, hw, &spec).unwrap();
+                    let want = reference::conv2d_backward_input(v4(&dy), v4(&w), hw, &spec);
+                    l.check("dx", &dx, want.unwrap().into_dyn()).await;
+                    let dw = gpu.conv2d_backward_weight(&xg, &dyg, khw, &spec).unwrap();
+                    let want = reference::conv2d_backward_weight(v4(&x), v4(&dy), khw, &spec);
+                    l.check("dw", &dw, want.unwrap().into_dyn()).await;
                     let db = gpu.conv2d_backward_bias(&dyg).unwrap();
-                    let want = reference::conv2d_backward_bias(f64s(&dy4).view());
-                    let got = download(&gpu, &db).await;
-                    worst.push((
-                        "db",
-                        check(&format!("{name} db"), dtype, &got, &want.into_dyn()),
-                    ));
+                    let want = reference::conv2d_backward_bias(v4(&dy));
+                    l.check("db", &db, want.into_dyn()).await;
                 }
                 Kind::Max(xs, spec) => {
-                    let x = random(&xs, seed, dtype);
-                    let x4 = x.view().into_dimensionality().unwrap();
-                    let xg = gpu.upload_as(&x, dtype).unwrap();
+                    let hw = [xs[2], xs[3]];
+                    let (x, xg) = l.input(&xs);
                     let (y, idx) = gpu.max_pool2d_forward(&xg, &spec).unwrap();
-                    let (want, want_idx) =
-                        reference::max_pool2d_forward(f64s(&x4).view(), &spec).unwrap();
-                    let got = download(&gpu, &y).await;
-                    worst.push((
-                        "forward",
-                        check(&format!("{name} forward"), dtype, &got, &want.into_dyn()),
-                    ));
+                    let (want, want_idx) = reference::max_pool2d_forward(v4(&x), &spec).unwrap();
+                    let ys = l.check("forward", &y, want.into_dyn()).await;
                     let got_idx = gpu.download_indices_async(&idx).await.unwrap();
-                    assert_eq!(got_idx, want_idx.into_dyn(), "{name} ({dtype}): indices");
-                    let dy = random(got.shape(), seed + 3, dtype);
-                    let dy4 = dy.view().into_dimensionality().unwrap();
-                    let dyg = gpu.upload_as(&dy, dtype).unwrap();
-                    let dx = gpu
-                        .max_pool2d_backward(&dyg, &idx, [xs[2], xs[3]], &spec)
-                        .unwrap();
-                    let want = reference::max_pool2d_backward(
-                        f64s(&dy4).view(),
-                        got_idx.view().into_dimensionality().unwrap(),
-                        [xs[2], xs[3]],
-                        &spec,
-                    )
-                    .unwrap();
-                    let got = download(&gpu, &dx).await;
-                    worst.push((
-                        "backward",
-                        check(&format!("{name} backward"), dtype, &got, &want.into_dyn()),
-                    ));
+                    assert_eq!(
+                        got_idx,
+                        want_idx.clone().into_dyn(),
+                        "{name} ({dtype}): indices"
+                    );
+                    let (dy, dyg) = l.input(&ys);
+                    let dx = gpu.max_pool2d_backward(&dyg, &idx, hw, &spec).unwrap();
+                    let want = reference::max_pool2d_backward(v4(&dy), want_idx.view(), hw, &spec);
+                    l.check("backward", &dx, want.unwrap().into_dyn()).await;
                 }
-                Kind::Avg(xs, spec, include_pad) => {
-                    let x = random(&xs, seed, dtype);
-                    let x4 = x.view().into_dimensionality().unwrap();
-                    let xg = gpu.upload_as(&x, dtype).unwrap();
-                    let y = gpu.avg_pool2d_forward(&xg, &spec, include_pad).unwrap();
-                    let want = reference::avg_pool2d_forward(f64s(&x4).view(), &spec, include_pad)
-                        .unwrap();
-                    let got = download(&gpu, &y).await;
-                    worst.push((
-                        "forward",
-                        check(&format!("{name} forward"), dtype, &got, &want.into_dyn()),
-                    ));
-                    let dy = random(got.shape(), seed + 3, dtype);
-                    let dy4 = dy.view().into_dimensionality().unwrap();
-                    let dyg = gpu.upload_as(&dy, dtype).unwrap();
-                    let dx = gpu
-                        .avg_pool2d_backward(&dyg, [xs[2], xs[3]], &spec, include_pad)
-                        .unwrap();
-                    let want = reference::avg_pool2d_backward(
-                        f64s(&dy4).view(),
-                        [xs[2], xs[3]],
-                        &spec,
-                        include_pad,
-                    )
-                    .unwrap();
-                    let got = download(&gpu, &dx).await;
-                    worst.push((
-                        "backward",
-                        check(&format!("{name} backward"), dtype, &got, &want.into_dyn()),
-                    ));
+                Kind::Avg(xs, spec, pad) => {
+                    let hw = [xs[2], xs[3]];
+                    let (x, xg) = l.input(&xs);
+                    let y = gpu.avg_pool2d_forward(&xg, &spec, pad).unwrap();
+                    let want = reference::avg_pool2d_forward(v4(&x), &spec, pad);
+                    let ys = l.check("forward", &y, want.unwrap().into_dyn()).await;
+                    let (dy, dyg) = l.input(&ys);
+                    let dx = gpu.avg_pool2d_backward(&dyg, hw, &spec, pad).unwrap();
+                    let want = reference::avg_pool2d_backward(v4(&dy), hw, &spec, pad);
+                    l.check("backward", &dx, want.unwrap().into_dyn()).await;
                 }
             }
-            checks += worst.len();
-            let line: Vec<String> = worst
+            checks += l.errors.len();
+            let line: Vec<String> = l
+                .errors
                 .iter()
                 .map(|(op, e)| format!("{op} {e:.1e}"))
                 .collect();
@@ -257,13 +194,25 @@ async fn every_op_of_the_quick_suite_matches_the_reference() {
     console_log!("browser checks: {checks}");
 }
 
+/// An f32 upload of values from a fixed seed.
+fn upload(gpu: &Gpu, shape: &[usize], seed: u64) -> Tensor {
+    let mut l = Layer {
+        gpu,
+        dtype: DType::F32,
+        name: "",
+        seed,
+        errors: Vec::new(),
+    };
+    l.input(shape).1
+}
+
 #[wasm_bindgen_test]
 async fn a_recorded_batch_equals_the_eager_ops() {
     let gpu = Gpu::new_async().await.unwrap();
     let spec = Conv2dSpec::new().with_padding(Padding2d::symmetric(1, 1));
     let pool = Pool2dSpec::new([2, 2]);
-    let x = gpu.upload(&random(&[2, 8, 12, 12], 5, DType::F32)).unwrap();
-    let w = gpu.upload(&random(&[16, 8, 3, 3], 6, DType::F32)).unwrap();
+    let x = upload(&gpu, &[2, 8, 12, 12], 5);
+    let w = upload(&gpu, &[16, 8, 3, 3], 6);
     let y = gpu.conv2d_forward(&x, &w, None, &spec).unwrap();
     let (p, _) = gpu.max_pool2d_forward(&y, &pool).unwrap();
     let mut rec = gpu.recorder();
@@ -284,8 +233,8 @@ async fn a_recorded_batch_equals_the_eager_ops() {
 #[wasm_bindgen_test]
 async fn bad_shapes_are_errors_and_blocking_forms_are_refused() {
     let gpu = Gpu::new_async().await.unwrap();
-    let x = gpu.upload(&random(&[1, 3, 8, 8], 9, DType::F32)).unwrap();
-    let w = gpu.upload(&random(&[4, 2, 3, 3], 10, DType::F32)).unwrap();
+    let x = upload(&gpu, &[1, 3, 8, 8], 9);
+    let w = upload(&gpu, &[4, 2, 3, 3], 10);
     let e = gpu
         .conv2d_forward(&x, &w, None, &Conv2dSpec::new())
         .unwrap_err();
