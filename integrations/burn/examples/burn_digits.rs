@@ -43,24 +43,16 @@ struct Ops {
     avg_pool2d: fn(Tensor<4>, AvgPoolOptions<2>) -> Tensor<4>,
 }
 
-fn burn_conv2d(x: Tensor<4>, w: Tensor<4>, b: Option<Tensor<1>>, o: ConvOptions<2>) -> Tensor<4> {
-    module::conv2d(x, w, b, o)
-}
-
 const BURN: Ops = Ops {
     name: "burn",
-    conv2d: burn_conv2d,
+    conv2d: |x, w, b, options| module::conv2d(x, w, b, options),
     max_pool2d: module::max_pool2d,
     avg_pool2d: module::avg_pool2d,
 };
 
-fn wgconv_conv2d(x: Tensor<4>, w: Tensor<4>, b: Option<Tensor<1>>, o: ConvOptions<2>) -> Tensor<4> {
-    wgconv_burn::conv2d(x, w, b, o)
-}
-
 const WGCONV: Ops = Ops {
     name: "wgconv",
-    conv2d: wgconv_conv2d,
+    conv2d: |x, w, b, options| wgconv_burn::conv2d(x, w, b, options),
     max_pool2d: wgconv_burn::max_pool2d,
     avg_pool2d: wgconv_burn::avg_pool2d,
 };

@@ -6,7 +6,7 @@
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::ops::{Backward, NodeGuard, Ops, OpsKind};
 use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{Autodiff, Cube, backend_extension};
 use burn::tensor::ops::{AvgPoolOptions, ConvOptions, MaxPoolOptions};
@@ -118,29 +118,14 @@ impl<C: CheckpointStrategy> WgconvBackend for Autodiff<Cube, C> {
         weight: FloatTensor<Self>,
         options: ConvOptions<2>,
     ) -> FloatTensor<Self> {
-        match Conv2dBackward::<2>
-            .prepare::<C>([x.node(), weight.node()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                let state = (
-                    x.primitive().clone(),
-                    weight.primitive().clone(),
-                    options.clone(),
-                );
-                prep.finish(
-                    state,
-                    cube::conv2d(x.into_primitive(), weight.into_primitive(), None, &options),
-                )
-            }
-            OpsKind::UnTracked(prep) => prep.finish(cube::conv2d(
-                x.into_primitive(),
-                weight.into_primitive(),
-                None,
-                &options,
-            )),
-        }
+        let nodes = [x.node(), weight.node()];
+        tracked_conv2d::<C, 2>(
+            nodes,
+            x.into_primitive(),
+            weight.into_primitive(),
+            None,
+            options,
+        )
     }
 
     fn wgconv_conv2d_bias(
@@ -149,33 +134,13 @@ impl<C: CheckpointStrategy> WgconvBackend for Autodiff<Cube, C> {
         bias: FloatTensor<Self>,
         options: ConvOptions<2>,
     ) -> FloatTensor<Self> {
-        let parents = [x.node(), weight.node(), bias.node()];
-        match Conv2dBackward::<3>
-            .prepare::<C>(parents)
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                let state = (
-                    x.primitive().clone(),
-                    weight.primitive().clone(),
-                    options.clone(),
-                );
-                let y = cube::conv2d(
-                    x.into_primitive(),
-                    weight.into_primitive(),
-                    Some(bias.into_primitive()),
-                    &options,
-                );
-                prep.finish(state, y)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(cube::conv2d(
-                x.into_primitive(),
-                weight.into_primitive(),
-                Some(bias.into_primitive()),
-                &options,
-            )),
-        }
+        let nodes = [x.node(), weight.node(), bias.node()];
+        let (x, w, b) = (
+            x.into_primitive(),
+            weight.into_primitive(),
+            bias.into_primitive(),
+        );
+        tracked_conv2d::<C, 3>(nodes, x, w, Some(b), options)
     }
 
     fn wgconv_max_pool2d(
@@ -213,5 +178,27 @@ impl<C: CheckpointStrategy> WgconvBackend for Autodiff<Cube, C> {
             }
             OpsKind::UnTracked(prep) => prep.finish(cube::avg_pool2d(x.into_primitive(), &options)),
         }
+    }
+}
+
+/// A conv2d on wgconv, recorded with its backward step when a parent needs a gradient (`N`
+/// parents: x, the weight and, with 3, the bias).
+fn tracked_conv2d<C: CheckpointStrategy, const N: usize>(
+    nodes: [NodeGuard; N],
+    x: CubeTensor,
+    w: CubeTensor,
+    b: Option<CubeTensor>,
+    options: ConvOptions<2>,
+) -> FloatTensor<Autodiff<Cube, C>> {
+    match Conv2dBackward::<N>
+        .prepare::<C>(nodes)
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            let state = (x.clone(), w.clone(), options.clone());
+            prep.finish(state, cube::conv2d(x, w, b, &options))
+        }
+        OpsKind::UnTracked(prep) => prep.finish(cube::conv2d(x, w, b, &options)),
     }
 }
