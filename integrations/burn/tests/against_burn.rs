@@ -300,3 +300,35 @@ fn bad_arguments_are_errors_naming_the_value() {
     let e = wgconv_burn::try_avg_pool2d(x, too_big).unwrap_err();
     assert!(e.to_string().contains('9'), "{e}");
 }
+
+#[test]
+fn sixteen_bit_burn_tensors_are_read_and_written_as_16_bit() {
+    let (_guard, device) = device();
+    let mut rng = Rng(23);
+    let x = rng.tensor([2, 4, 9, 9], &device);
+    let w = rng.tensor([6, 4, 3, 3], &device);
+    let options = ConvOptions::new([1, 1], [1, 1], [1, 1], 1);
+    for (dtype, ulp) in [
+        (burn::tensor::DType::F16, 2f64.powi(-10)),
+        (burn::tensor::DType::BF16, 2f64.powi(-7)),
+    ] {
+        let (x16, w16) = (x.clone().cast(dtype), w.clone().cast(dtype));
+        let y = wgconv_burn::conv2d(x16.clone(), w16.clone(), None, options.clone());
+        assert_eq!(y.dtype(), dtype, "the output keeps the inputs' dtype");
+        // The reference: burn's f32 conv of the same rounded inputs.
+        let (x32, w32) = (
+            x16.cast(burn::tensor::DType::F32),
+            w16.cast(burn::tensor::DType::F32),
+        );
+        let want = host(module::conv2d(x32, w32, None, options.clone()));
+        let got = host(y.cast(burn::tensor::DType::F32));
+        let scale = want.iter().fold(1.0f64, |m, &v| m.max(f64::from(v).abs()));
+        for (g, r) in got.iter().zip(&want) {
+            let allowed = f64::from(r.abs()) * ulp + 1e-4 * scale;
+            assert!(
+                (f64::from(*g) - f64::from(*r)).abs() <= allowed,
+                "{dtype:?}: {g} against {r}"
+            );
+        }
+    }
+}
