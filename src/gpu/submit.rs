@@ -420,7 +420,6 @@ impl Gpu {
     pub(crate) fn wait_for(&self, index: Option<wgpu::SubmissionIndex>) -> Result<()> {
         if cfg!(target_arch = "wasm32") {
             // The page's event loop finishes GPU work; a blocking wait would never see it.
-            let _ = index;
             return Err(Error::Readback(
                 "a blocking wait for the GPU is not available in a browser (wasm32): use \
                  Gpu::download_async"

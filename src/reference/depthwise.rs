@@ -3,11 +3,11 @@
 //! parallel; inside a plane the order is fixed (taps row-major, rows in order), so the result
 //! does not depend on the thread count.
 
-use super::par::*;
 use ndarray::Array4;
 
 use super::Element;
 use super::direct::tap;
+use super::par::*;
 use crate::spec::Conv2dGeometry;
 
 /// The output columns `[lo, hi)` whose tap column `j` lands inside the input row, and the
