@@ -7,6 +7,7 @@ found from this script's own location, so the cwd does not matter):
     tests/fixtures/conv2d.json      conv2d forward + backward (dx, dw, db)
     tests/fixtures/max_pool2d.json  max_pool2d forward (y, indices) + backward
     tests/fixtures/avg_pool2d.json  avg_pool2d forward + backward
+    tests/fixtures/sixteen_bit.json the same ops in bfloat16 and float16 (below)
 
 Run:  python3 scripts/make_fixtures.py
 
@@ -23,6 +24,22 @@ How values are produced
   and the indices are asserted to agree.
 * Running the script twice produces byte-identical files (single-threaded
   torch, fixed seeds, no dict/set ordering dependence).
+
+16-bit cases (sixteen_bit.json)
+-------------------------------
+A subset of the cases above (the named ones, and the first random ones) again in
+``torch.bfloat16`` and ``torch.float16``: the f32 inputs rounded to the dtype
+(stored as those exact values), then
+* ``"torch"``: the outputs PyTorch computes on the CPU in that dtype (autograd in
+  the dtype, with ``dy`` rounded too), stored as their exact 16-bit values;
+* ``"exact"``: the same outputs computed in float64 on the rounded inputs (not
+  rounded), the oracle a once-rounding implementation is held to.
+PyTorch's CPU kernels do not all round once: its bfloat16 convolutions and pool
+forwards do, its float16 convolutions and its pool backwards (which add rounded
+terms in the dtype) do not, so a test holds wgconv to ``exact`` rounded once, and
+to ``torch`` within PyTorch's own distance from ``exact`` plus one unit in the last
+place. Extra fields: ``"op"`` (conv2d, max_pool2d, avg_pool2d) and ``"dtype"``
+(bf16, f16); the spec fields are those of the op's own file.
 
 JSON encoding
 -------------
@@ -525,10 +542,80 @@ def avg_pool_cases():
     return cs
 
 
+# --------------------------------------------------------------------------
+# 16-bit cases
+# --------------------------------------------------------------------------
+
+SIXTEEN = (("bf16", torch.bfloat16), ("f16", torch.float16))
+INPUTS = ("x", "w", "bias", "dy")
+
+
+def dec(v):
+    """A fixture tensor back as float64 (the inverse of enc)."""
+    data = [float(x) for x in v["data"]]
+    return torch.tensor(data, dtype=torch.float64).reshape(v["shape"])
+
+
+def run_op(op, case, ins, dtype):
+    """The op of a case on inputs ins (name -> tensor) in dtype: its outputs by name."""
+    x = ins["x"].to(dtype).requires_grad_(True)
+    dy = ins["dy"].to(dtype)
+    if op == "conv2d":
+        top, bottom, left, right = case["padding"]
+        w = ins["w"].to(dtype).requires_grad_(True)
+        b = ins["bias"].to(dtype).requires_grad_(True) if "bias" in ins else None
+        y = F.conv2d(F.pad(x, (left, right, top, bottom)), w, b, stride=case["stride"],
+                     dilation=case["dilation"], groups=case["groups"])
+        grads = torch.autograd.grad(y, [x, w] + ([b] if b is not None else []), dy)
+        out = {"y": y, "dx": grads[0], "dw": grads[1]}
+        if b is not None:
+            out["db"] = grads[2]
+        return out
+    if op == "max_pool2d":
+        y, idx = F.max_pool2d(x, case["kernel"], case["stride"], case["padding"],
+                              case["dilation"], ceil_mode=case["ceil_mode"],
+                              return_indices=True)
+        (dx,) = torch.autograd.grad(y, [x], dy)
+        return {"y": y, "indices": idx, "dx": dx}
+    y = F.avg_pool2d(x, case["kernel"], case["stride"], case["padding"],
+                     ceil_mode=case["ceil_mode"], count_include_pad=case["count_include_pad"])
+    (dx,) = torch.autograd.grad(y, [x], dy)
+    return {"y": y, "dx": dx}
+
+
+def sixteen_bit_case(op, case, tag, dtype):
+    """A case of op again in a 16-bit dtype (see the module docs)."""
+    rounded = {k: dec(case[k]).to(dtype).double() for k in INPUTS if case.get(k) is not None}
+    mine = run_op(op, case, rounded, dtype)
+    exact = run_op(op, case, rounded, torch.float64)
+    out = {k: v for k, v in case.items() if k not in ("y", "dx", "dw", "db", "indices")}
+    out.update({"name": f"{op}/{tag}/{case['name']}", "op": op, "dtype": tag})
+    out.update({k: enc(v) for k, v in rounded.items()})
+    out["torch"] = {k: enc_int(v) if k == "indices" else enc(v) for k, v in mine.items()}
+    out["exact"] = {k: enc(v) for k, v in exact.items() if k != "indices"}
+    return out
+
+
+def sixteen_bit_cases(conv, max_pool, avg_pool):
+    """The named cases of each op and its first random ones, in each 16-bit dtype."""
+    def subset(cases, randoms):
+        named = [c for c in cases if not c["name"].startswith("random_")]
+        return named + [c for c in cases if c["name"].startswith("random_")][:randoms]
+
+    cs = []
+    for tag, dtype in SIXTEEN:
+        for op, cases in (("conv2d", subset(conv, 8)), ("max_pool2d", subset(max_pool, 4)),
+                          ("avg_pool2d", subset(avg_pool, 4))):
+            cs.extend(sixteen_bit_case(op, c, tag, dtype) for c in cases)
+    return cs
+
+
 def main():
-    write("conv2d.json", conv_cases())
-    write("max_pool2d.json", max_pool_cases())
-    write("avg_pool2d.json", avg_pool_cases())
+    conv, max_pool, avg_pool = conv_cases(), max_pool_cases(), avg_pool_cases()
+    write("conv2d.json", conv)
+    write("max_pool2d.json", max_pool)
+    write("avg_pool2d.json", avg_pool)
+    write("sixteen_bit.json", sixteen_bit_cases(conv, max_pool, avg_pool))
 
 
 if __name__ == "__main__":
