@@ -5,8 +5,9 @@
 // #include lib/per_element.wgsl
 // #include lib/avg_window.wgsl
 // #include lib/pool_window.wgsl
+// #include lib/elem.wgsl
 
-@group(0) @binding(1) var<storage, read> dy: array<f32>;
+@group(0) @binding(1) var<storage, read> dy: array<Elem>;
 @group(0) @binding(2) var<storage, read_write> dx: array<f32>;
 
 fn element(idx: u32) {
@@ -23,7 +24,8 @@ fn element(idx: u32) {
     var acc = 0.0;
     for (var oh = rh.x; oh < rh.y; oh++) {
         for (var ow = rw.x; ow < rw.y; ow++) {
-            acc += dy[base + oh * p.ow + ow] / divisor(oh, ow);
+            let i = base + oh * p.ow + ow;
+            acc += elem_at(dy[elem_word(i)], i) / divisor(oh, ow);
         }
     }
     dx[p.out_off + idx] = acc;

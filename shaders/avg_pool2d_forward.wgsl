@@ -5,8 +5,9 @@
 // #include lib/pool_params.wgsl
 // #include lib/per_element.wgsl
 // #include lib/avg_window.wgsl
+// #include lib/elem.wgsl
 
-@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<Elem>;
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;
 
 fn element(idx: u32) {
@@ -23,7 +24,8 @@ fn element(idx: u32) {
     var sum = 0.0;
     for (var ih = wh.x; ih < wh.y; ih++) {
         for (var iw = ww.x; iw < ww.y; iw++) {
-            sum += x[base + ih * p.w + iw];
+            let i = base + ih * p.w + iw;
+            sum += elem_at(x[elem_word(i)], i);
         }
     }
     y[p.out_off + idx] = sum / divisor(oh, ow);

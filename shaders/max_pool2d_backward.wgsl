@@ -5,8 +5,9 @@
 // #include lib/pool_params.wgsl
 // #include lib/per_element.wgsl
 // #include lib/pool_window.wgsl
+// #include lib/elem.wgsl
 
-@group(0) @binding(1) var<storage, read> dy: array<f32>;
+@group(0) @binding(1) var<storage, read> dy: array<Elem>;
 @group(0) @binding(2) var<storage, read> indices: array<u32>;
 @group(0) @binding(3) var<storage, read_write> dx: array<f32>;
 
@@ -28,7 +29,8 @@ fn element(idx: u32) {
         for (var ow = rw.x; ow < rw.y; ow++) {
             let o = base + oh * p.ow + ow;
             if (indices[p.idx_off + o] == me) {
-                acc += dy[p.in_off + o];
+                let i = p.in_off + o;
+                acc += elem_at(dy[elem_word(i)], i);
             }
         }
     }

@@ -5,8 +5,9 @@
 
 // #include lib/pool_params.wgsl
 // #include lib/per_element.wgsl
+// #include lib/elem.wgsl
 
-@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<Elem>;
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;
 @group(0) @binding(3) var<storage, read_write> indices: array<u32>;
 
@@ -50,7 +51,8 @@ fn element(idx: u32) {
     var at = h0 * p.w + w0;
     for (var ih = h0; ih < h_end; ih += p.dil_h) {
         for (var iw = w0; iw < w_end; iw += p.dil_w) {
-            let v = x[base + ih * p.w + iw];
+            let i = base + ih * p.w + iw;
+            let v = elem_at(x[elem_word(i)], i);
             if (v > best || is_nan(v)) {
                 best = v;
                 at = ih * p.w + iw;

@@ -465,6 +465,40 @@ fn recorded_equals_eager_and_runs_repeat() {
             "banded forward",
         );
     }
+    // Pools reading 16-bit planes of 6,000 bytes, split by rows past the 4 KiB binding, and
+    // chunks of whole planes at half the f32 bytes.
+    let pool = Pool2dSpec {
+        padding: [1, 1],
+        stride: [2, 2],
+        ..Pool2dSpec::new([3, 3])
+    };
+    for (shape, dt) in [([2, 2, 60, 50], DType::F16), ([3, 2, 20, 21], DType::BF16)] {
+        let (xt, xd) = f(&rng.array4_f32(shape), dt);
+        let what = format!("{dt} pools of {shape:?} at a 4 KiB binding");
+        let (y, idx) = banded.max_pool2d_forward(&xt, &pool).unwrap();
+        let (y_ref, idx_ref) = reference::max_pool2d_forward(xd.view(), &pool).unwrap();
+        let got = banded.download(&y).unwrap().mapv(f64::from);
+        assert_eq!(got, y_ref.into_dyn(), "{what}: max values");
+        let idx_host = banded.download_indices(&idx).unwrap();
+        assert_eq!(idx_host, idx_ref.clone().into_dyn(), "{what}: indices");
+        let (dyt, dyd) = f(&rng.array4_f32(y.shape().try_into().unwrap()), dt);
+        let hw = [shape[2], shape[3]];
+        let dx = banded.max_pool2d_backward(&dyt, &idx, hw, &pool).unwrap();
+        let dx_ref = reference::max_pool2d_backward(dyd.view(), idx_ref.view(), hw, &pool);
+        let dx_ref = dx_ref.unwrap().into_dyn();
+        check_16(dt, &banded.download(&dx).unwrap(), &dx_ref, &what);
+        let a = banded.avg_pool2d_forward(&xt, &pool, false).unwrap();
+        let a_ref = reference::avg_pool2d_forward(xd.view(), &pool, false).unwrap();
+        check_16(dt, &banded.download(&a).unwrap(), &a_ref.into_dyn(), &what);
+        let adx = banded.avg_pool2d_backward(&dyt, hw, &pool, false).unwrap();
+        let adx_ref = reference::avg_pool2d_backward(dyd.view(), hw, &pool, false).unwrap();
+        check_16(
+            dt,
+            &banded.download(&adx).unwrap(),
+            &adx_ref.into_dyn(),
+            &what,
+        );
+    }
 }
 
 /// The workspace query counts the f32 copies a 16-bit op stages through, and they are what the
@@ -565,5 +599,76 @@ fn nan_inf_and_overflow_in_16_bits() {
             .unwrap();
         let got = pollster::block_on(gpu.download_async(&t)).unwrap();
         assert_eq!(got, gpu.download(&t).unwrap(), "{dt}: download_async");
+    }
+}
+
+/// The pools read 16-bit operands directly (kernels/storage.rs): natively as `f16` where the
+/// device has `SHADER_F16` (lavapipe), packed in `u32` words where it has not (llvmpipe) or
+/// where `GpuBuilder::packed_16bit` forces it, and always packed for bf16. Every path gives the
+/// bits of the f32 op on the widened operand, rounded once.
+#[test]
+fn pool_storage_paths_give_the_bits_of_the_f32_op() {
+    let native = gpu();
+    let packed = fresh(Gpu::builder().packed_16bit(true));
+    assert!(!packed.profile().native_f16);
+    println!(
+        "{}: native f16 {}",
+        native.adapter_info().name,
+        native.profile().native_f16
+    );
+    let mut rng = Rng::new(21);
+    for dt in SIXTEEN {
+        for i in 0..6 {
+            let (xs, spec) = random_pool(&mut rng, 12, i % 2 == 1);
+            let x = rng.array4_f32(xs);
+            let hw = [xs[2], xs[3]];
+            let what = format!("{dt} x {xs:?} {spec:?}");
+            // The pool ops of one context: y and dx of max-pool (with its indices) or avg-pool.
+            let run = |gpu: &Gpu, x: &Tensor, dy: &Tensor| -> Vec<Vec<u32>> {
+                if i % 2 == 1 {
+                    let y = gpu.avg_pool2d_forward(x, &spec, i % 4 == 1).unwrap();
+                    let dx = gpu.avg_pool2d_backward(dy, hw, &spec, i % 4 == 1).unwrap();
+                    vec![bits(gpu, &y), bits(gpu, &dx)]
+                } else {
+                    let (y, idx) = gpu.max_pool2d_forward(x, &spec).unwrap();
+                    let dx = gpu.max_pool2d_backward(dy, &idx, hw, &spec).unwrap();
+                    let idx = gpu
+                        .download_indices(&idx)
+                        .unwrap()
+                        .into_raw_vec_and_offset();
+                    vec![bits(gpu, &y), idx.0, bits(gpu, &dx)]
+                }
+            };
+            let y_shape = if i % 2 == 1 {
+                spec.avg_geometry(xs).unwrap().y_shape()
+            } else {
+                spec.max_geometry(xs).unwrap().y_shape()
+            };
+            let dy = rng.array4_f32(y_shape);
+            let on = |gpu: &Gpu| {
+                let (xt, dyt) = (
+                    gpu.upload_as(&x, dt).unwrap(),
+                    gpu.upload_as(&dy, dt).unwrap(),
+                );
+                run(gpu, &xt, &dyt)
+            };
+            let (a, b) = (on(native), on(&packed));
+            assert_eq!(a, b, "{what}: native and packed paths");
+            // The f32 op on the widened operands, each result rounded once.
+            let (xt, dyt) = (
+                native.upload_as(&x, dt).unwrap(),
+                native.upload_as(&dy, dt).unwrap(),
+            );
+            let wide = |t: &Tensor| native.cast(t, DType::F32).unwrap();
+            let f32_run = run(native, &wide(&xt), &wide(&dyt));
+            let round = |v: &[u32]| -> Vec<u32> {
+                v.iter()
+                    .map(|&b| dt.round(f32::from_bits(b)).to_bits())
+                    .collect()
+            };
+            let last = f32_run.len() - 1;
+            assert_eq!(a[0], round(&f32_run[0]), "{what}: y bits");
+            assert_eq!(a[last], round(&f32_run[last]), "{what}: dx bits");
+        }
     }
 }

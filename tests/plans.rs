@@ -13,7 +13,7 @@ use std::path::Path;
 use wgconv::gpu::kernels::Tile;
 use wgconv::gpu::plan::{self, ConvAlgorithm, ConvPlan, DeviceProfile, PoolKind, ProfileOptions};
 use wgconv::spec::Conv2dGeometry;
-use wgconv::{Algorithm, Conv2dSpec, Padding2d};
+use wgconv::{Algorithm, Conv2dSpec, DType, Padding2d};
 
 #[allow(dead_code)]
 #[path = "../src/bin/wgconv-bench/suite.rs"]
@@ -81,7 +81,7 @@ fn snapshot(suite: Suite, p: &DeviceProfile) -> String {
                         Op::MaxPoolForward => PoolKind::MaxForward,
                         _ => PoolKind::MaxBackward,
                     };
-                    for s in plan::pool(p, kind, &g, false).unwrap() {
+                    for s in plan::pool(p, kind, &g, false, DType::F32).unwrap() {
                         writeln!(out, "{s}").unwrap();
                     }
                 }
@@ -95,7 +95,7 @@ fn snapshot(suite: Suite, p: &DeviceProfile) -> String {
                         Op::AvgPoolForward => PoolKind::AvgForward,
                         _ => PoolKind::AvgBackward,
                     };
-                    for s in plan::pool(p, kind, &g, count_include_pad).unwrap() {
+                    for s in plan::pool(p, kind, &g, count_include_pad, DType::F32).unwrap() {
                         writeln!(out, "{s}").unwrap();
                     }
                 }
@@ -362,5 +362,65 @@ fn few_channel_dx_runs_by_taps_on_cpu_drivers_only() {
     let few_k = geometry([1, 3, 8, 8], [4, 3, 3, 3], Conv2dSpec::default());
     for g in [wide, one_tap, few_k] {
         assert!(!plan::backward_input_by_taps(&on, &g), "{g:?}");
+    }
+}
+
+/// Pool plans know their operand's dtype: a 16-bit x or dy is bound at 2 bytes an element (so
+/// twice the planes fit a chunk, and a plane of 6,000 bytes is split by rows where the f32 one
+/// of 12,000 is too), read on the device's storage path; results stay f32.
+#[test]
+fn pool_plans_bind_16_bit_operands_at_their_bytes() {
+    use wgconv::gpu::kernels::Storage;
+    let binding = 4096;
+    let p = DeviceProfile {
+        max_binding: binding,
+        ..profile(true)
+    };
+    let native = DeviceProfile {
+        native_f16: true,
+        ..p.clone()
+    };
+    let spec = wgconv::Pool2dSpec {
+        padding: [1, 1],
+        stride: [2, 2],
+        ..wgconv::Pool2dSpec::new([3, 3])
+    };
+    // Planes of 20 x 21: 1,680 bytes in f32, 840 in 16 bits.
+    let g = spec.max_geometry([8, 2, 20, 21]).unwrap();
+    let chunks = |p: &DeviceProfile, dt| plan::pool(p, PoolKind::MaxForward, &g, false, dt);
+    let f32_steps = chunks(&p, DType::F32).unwrap();
+    let bf16_steps = chunks(&p, DType::BF16).unwrap();
+    assert!(
+        bf16_steps.len() * 2 <= f32_steps.len() + 1,
+        "{bf16_steps:?}"
+    );
+    for s in &bf16_steps {
+        assert_eq!(s.storage, Storage::Packed(DType::BF16));
+        let x = s.binds.iter().find(|b| b.role == plan::Role::X).unwrap();
+        let planes = s.items / (g.oh * g.ow) as u64;
+        assert!(x.size >= planes * 840 && x.size <= binding, "{s}");
+    }
+    assert!(f32_steps.iter().all(|s| s.storage == Storage::F32));
+    assert_eq!(
+        chunks(&native, DType::F16).unwrap()[0].storage,
+        Storage::Half
+    );
+    assert_eq!(
+        chunks(&p, DType::F16).unwrap()[0].storage,
+        Storage::Packed(DType::F16)
+    );
+    // A 60 x 50 plane: split by rows in f32 and 16 bits alike, every binding within the limit.
+    let g = spec.max_geometry([1, 1, 60, 50]).unwrap();
+    for dt in [DType::F32, DType::F16] {
+        for kind in [PoolKind::MaxForward, PoolKind::AvgBackward] {
+            let steps = plan::pool(&p, kind, &g, false, dt).unwrap();
+            assert!(steps.len() > 1, "{dt} {kind:?}");
+            assert!(
+                steps
+                    .iter()
+                    .flat_map(|s| &s.binds)
+                    .all(|b| b.size <= binding)
+            );
+        }
     }
 }

@@ -141,10 +141,15 @@ fn includes_resolve_to_the_library() {
             "{path} is included by no kernel"
         );
     }
+    // Besides the library, the two other storage pieces that replace lib/elem.wgsl
+    // (kernels/storage.rs, whose tests validate every kernel with each).
     assert_eq!(
         std::fs::read_dir(&dir).unwrap().count(),
-        source::LIBRARY.len()
+        source::LIBRARY.len() + 2
     );
+    for piece in ["elem_packed.wgsl", "elem_f16.wgsl"] {
+        assert!(dir.join(piece).exists(), "{piece}");
+    }
     for row in &TABLE {
         for path in source::includes(row.file) {
             assert!(

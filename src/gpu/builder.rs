@@ -41,6 +41,7 @@ pub struct GpuBuilder {
     autotune: Option<bool>,
     tuning_file: Option<std::path::PathBuf>,
     taps_dx: Option<bool>,
+    packed_16bit: Option<bool>,
 }
 
 /// Which conv kernels the ops run.
@@ -166,6 +167,16 @@ impl GpuBuilder {
         self
     }
 
+    /// Reads f16 operands packed two to a `u32` word even on a device with `SHADER_F16`
+    /// (which is otherwise enabled where the adapter has it, and f16 read as WGSL's `f16`).
+    /// The results are the same bits either way; this exists to test and measure the packed
+    /// path, which devices without the feature (GL, Adreno) and every bf16 operand take.
+    /// Overrides `WGCONV_PACKED_16BIT=0|1`.
+    pub fn packed_16bit(mut self, on: bool) -> Self {
+        self.packed_16bit = Some(on);
+        self
+    }
+
     /// Times the candidate plans (algorithms and tiles) of each conv geometry the first time an
     /// op meets it, and keeps the fastest for the rest of the context's life, like
     /// `torch.backends.cudnn.benchmark` (overrides `WGCONV_TUNE=0|1`; off by default). The
@@ -237,7 +248,9 @@ impl GpuBuilder {
         let adapter = select_adapter(&instance, backends, name.as_deref(), power).await?;
         let info = adapter.get_info();
         let limits = adapter.limits();
-        let features = adapter.features() & wgpu::Features::TIMESTAMP_QUERY;
+        // Timestamps for the benchmark; f16 for the native 16-bit path (storage.rs).
+        let features =
+            adapter.features() & (wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SHADER_F16);
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("wgconv"),
@@ -330,12 +343,12 @@ impl GpuBuilder {
                 split_target: self.split_target,
                 max_binding_bytes: self.max_binding_bytes,
                 max_workspace_bytes: self.max_workspace_bytes,
-                taps_dx: self.taps_dx.or_else(|| {
-                    std::env::var("WGCONV_TAPS_DX")
-                        .ok()
-                        .filter(|v| !v.is_empty())
-                        .map(|v| v != "0")
-                }),
+                taps_dx: self.taps_dx.or_else(|| env_flag("WGCONV_TAPS_DX")),
+                native_f16: device.features().contains(wgpu::Features::SHADER_F16)
+                    && !self
+                        .packed_16bit
+                        .or_else(|| env_flag("WGCONV_PACKED_16BIT"))
+                        .unwrap_or(false),
             },
         )?;
         let pool = Arc::new(Mutex::new(Pool::new(
@@ -571,4 +584,12 @@ async fn select_adapter(
             all.join(", ")
         ))
     })
+}
+
+/// `Some(v != "0")` for a set, non-empty environment variable `name`.
+fn env_flag(name: &str) -> Option<bool> {
+    std::env::var(name)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .map(|v| v != "0")
 }

@@ -1,6 +1,6 @@
 //! `Gpu::cast`: a tensor converted to another dtype on the GPU (`shaders/cast.wgsl`).
 
-use super::kernels::{EltParams, Kernel, to_u32};
+use super::kernels::{EltParams, Kernel, Storage, to_u32};
 use super::submit::Sink;
 use super::tensor::Raw;
 use super::{Dispatch, Gpu, Tensor};
@@ -89,6 +89,7 @@ impl Gpu {
             };
             ds.push(Dispatch {
                 kernel: Kernel::Cast(src.dtype, dst.dtype),
+                storage: Storage::F32,
                 params: bytemuck::bytes_of(&params).to_vec(),
                 bindings: vec![from, to],
                 items: words as u64,

@@ -1,7 +1,7 @@
 //! `Gpu::all_finite`: mixed-precision training's overflow check on the GPU
 //! (`shaders/all_finite.wgsl`).
 
-use super::kernels::{EltParams, Kernel, to_u32};
+use super::kernels::{EltParams, Kernel, Storage, to_u32};
 use super::{Dispatch, Gpu, Tensor};
 use crate::dtype::DType;
 use crate::error::Result;
@@ -49,6 +49,7 @@ impl Gpu {
                 };
                 ds.push(Dispatch {
                     kernel: Kernel::AllFinite,
+                    storage: Storage::F32,
                     params: bytemuck::bytes_of(&params).to_vec(),
                     bindings: vec![bind, self.whole(&flag.raw, 1)],
                     items: (e1 - e0) as u64,

@@ -103,6 +103,8 @@ impl std::fmt::Debug for Gpu {
 /// of work items (invocations, or workgroups for [`Kernel::workgroup_per_item`] kernels).
 pub(crate) struct Dispatch<'a> {
     pub kernel: Kernel,
+    /// How the kernel reads its 16-bit-capable operands.
+    pub storage: kernels::Storage,
     pub params: Vec<u8>,
     pub bindings: Vec<Bind<'a>>,
     pub items: u64,

@@ -6,7 +6,7 @@ use ndarray::{ArrayD, Ix1, Ix2};
 
 use super::check::verdict;
 use super::kernels::to_u32;
-use super::kernels::{EltParams, Kernel, MatmulParams, RowsParams};
+use super::kernels::{EltParams, Kernel, MatmulParams, RowsParams, Storage};
 use super::recorder::Record;
 use super::staged::operand;
 use super::tensor::Raw;
@@ -136,6 +136,7 @@ impl Gpu {
             bindings.push(bind);
             ds.push(Dispatch {
                 kernel,
+                storage: Storage::F32,
                 params: bytemuck::bytes_of(&params).to_vec(),
                 bindings,
                 items: (e1 - e0) as u64,
@@ -221,6 +222,7 @@ impl Gpu {
             op,
             &[Dispatch {
                 kernel: Kernel::Matmul,
+                storage: Storage::F32,
                 params: bytemuck::bytes_of(&params).to_vec(),
                 bindings: vec![
                     self.bind_all(g.a),
@@ -391,6 +393,7 @@ impl Gpu {
                 OP,
                 &[Dispatch {
                     kernel: Kernel::LinearBackwardBias,
+                    storage: Storage::F32,
                     params: bytemuck::bytes_of(&params).to_vec(),
                     bindings: vec![self.bind_all(dy), self.whole(&db.raw, o)],
                     items: o as u64,
@@ -464,6 +467,7 @@ impl Gpu {
             OP,
             &[Dispatch {
                 kernel: Kernel::SoftmaxCrossEntropy,
+                storage: Storage::F32,
                 params: bytemuck::bytes_of(&params).to_vec(),
                 bindings: vec![
                     self.whole(&logits.raw, logits.len()),

@@ -5,7 +5,7 @@ use super::check::OpCall;
 use super::conv::new;
 use super::output::Out;
 use super::plan::{self, PoolKind};
-use super::staged::{no_result, operand};
+use super::staged::no_result;
 use super::submit::{Buffers, Sink};
 use super::tensor::{Raw, dims4};
 use super::{Gpu, IndexTensor, Tensor};
@@ -14,7 +14,8 @@ use crate::error::{Result, mismatch};
 use crate::spec::{Pool2dGeometry, Pool2dSpec};
 
 impl Gpu {
-    /// Plans and runs (or records) a pool op.
+    /// Plans and runs (or records) a pool op on an operand (x or dy) of `dtype`.
+    #[allow(clippy::too_many_arguments)]
     fn run_pool(
         &self,
         sink: &mut Sink<'_>,
@@ -22,9 +23,10 @@ impl Gpu {
         kind: PoolKind,
         g: &Pool2dGeometry,
         count_include_pad: bool,
+        dtype: DType,
         buffers: Buffers<'_>,
     ) -> Result<()> {
-        let steps = plan::pool(&self.profile, kind, g, count_include_pad)?;
+        let steps = plan::pool(&self.profile, kind, g, count_include_pad, dtype)?;
         self.run(sink, op, &steps, &buffers)
     }
 
@@ -58,11 +60,24 @@ impl Gpu {
         outs: Option<(&mut Tensor, &mut IndexTensor)>,
     ) -> Result<Option<(Tensor, IndexTensor)>> {
         const OP: &str = "max_pool2d_forward";
-        let g = spec.max_geometry(dims4(&x.raw, "x")?)?;
+        spec.max_geometry(dims4(&x.raw, "x")?)?;
         let y_given = outs.as_ref().map(|(y, _)| &**y);
         if let Some(dt) = self.staged_dtype(OP, &[Some(x)], y_given)? {
-            return self.max_pool2d_forward_staged(sink, x, spec, outs, dt);
+            return self.max_pool2d_forward_16bit(sink, x, spec, outs, dt);
         }
+        self.max_pool2d_forward_run(sink, x, spec, outs)
+    }
+
+    /// Max-pool forward of an `x` of any dtype into f32 values (and the indices).
+    fn max_pool2d_forward_run(
+        &self,
+        sink: &mut Sink<'_>,
+        x: &Tensor,
+        spec: &Pool2dSpec,
+        outs: Option<(&mut Tensor, &mut IndexTensor)>,
+    ) -> Result<Option<(Tensor, IndexTensor)>> {
+        const OP: &str = "max_pool2d_forward";
+        let g = spec.max_geometry(dims4(&x.raw, "x")?)?;
         self.check_inputs(sink, OP, &[&x.raw])?;
         let (out, idx_out) = match outs {
             Some((y, idx)) => (Out::Into(y), Some(idx)),
@@ -78,7 +93,8 @@ impl Gpu {
                 indices: Some(&idx),
                 ..Default::default()
             };
-            self.run_pool(sink, OP, PoolKind::MaxForward, &g, false, buffers)?;
+            let kind = PoolKind::MaxForward;
+            self.run_pool(sink, OP, kind, &g, false, x.dtype(), buffers)?;
         }
         let call = OpCall::MaxForward {
             x: x.raw.clone(),
@@ -108,33 +124,32 @@ impl Gpu {
     ) -> Result<Option<Tensor>> {
         const OP: &str = "max_pool2d_backward";
         let g = spec.max_backward_geometry(dims4(&dy.raw, "dy")?, indices.shape(), input_hw)?;
-        if let Some(dt) = self.staged_dtype(OP, &[Some(dy)], out.given())? {
-            self.check_inputs(sink, OP, &[&indices.raw])?;
-            let body = |sink: &mut Sink<'_>, t: &[Option<&Tensor>], out: Out<'_>| {
-                let dy = operand(t, 0);
-                self.max_pool2d_backward_op(sink, dy, indices, input_hw, spec, out)
-            };
-            return self.via_f32(sink, OP, dt, &[Some(dy)], out, body);
-        }
         let inputs = [&dy.raw, &indices.raw];
-        self.check_inputs(sink, OP, &inputs)?;
-        let dx = self.target(sink, OP, &out, &g.x_shape(), &inputs)?;
-        if dx.len > 0 {
-            let buffers = Buffers {
-                dy: Some(&dy.raw),
-                indices: Some(&indices.raw),
-                out: Some(&dx),
-                ..Default::default()
+        let run = |sink: &mut Sink<'_>, out: Out<'_>| {
+            self.check_inputs(sink, OP, &inputs)?;
+            let dx = self.target(sink, OP, &out, &g.x_shape(), &inputs)?;
+            if dx.len > 0 {
+                let buffers = Buffers {
+                    dy: Some(&dy.raw),
+                    indices: Some(&indices.raw),
+                    out: Some(&dx),
+                    ..Default::default()
+                };
+                let kind = PoolKind::MaxBackward;
+                self.run_pool(sink, OP, kind, &g, false, dy.dtype(), buffers)?;
+            }
+            let call = OpCall::MaxBackward {
+                dy: dy.raw.clone(),
+                indices: indices.raw.clone(),
+                input_hw,
+                spec: *spec,
             };
-            self.run_pool(sink, OP, PoolKind::MaxBackward, &g, false, buffers)?;
-        }
-        let call = OpCall::MaxBackward {
-            dy: dy.raw.clone(),
-            indices: indices.raw.clone(),
-            input_hw,
-            spec: *spec,
+            self.finish(sink, out, dx, Some((call, None, None)))
         };
-        self.finish(sink, out, dx, Some((call, None, None)))
+        match self.staged_dtype(OP, &[Some(dy)], out.given())? {
+            Some(dt) => self.reading_16bit(sink, OP, dt, &inputs, out, run),
+            None => run(sink, out),
+        }
     }
 
     pub(crate) fn avg_pool2d_forward_op(
@@ -147,30 +162,29 @@ impl Gpu {
     ) -> Result<Option<Tensor>> {
         const OP: &str = "avg_pool2d_forward";
         let g = spec.avg_geometry(dims4(&x.raw, "x")?)?;
-        if let Some(dt) = self.staged_dtype(OP, &[Some(x)], out.given())? {
-            let cip = count_include_pad;
-            let body = |sink: &mut Sink<'_>, t: &[Option<&Tensor>], out: Out<'_>| {
-                self.avg_pool2d_forward_op(sink, operand(t, 0), spec, cip, out)
+        let run = |sink: &mut Sink<'_>, out: Out<'_>| {
+            self.check_inputs(sink, OP, &[&x.raw])?;
+            let y = self.target(sink, OP, &out, &g.y_shape(), &[&x.raw])?;
+            if y.len > 0 {
+                let buffers = Buffers {
+                    x: Some(&x.raw),
+                    out: Some(&y),
+                    ..Default::default()
+                };
+                let (kind, cip) = (PoolKind::AvgForward, count_include_pad);
+                self.run_pool(sink, OP, kind, &g, cip, x.dtype(), buffers)?;
+            }
+            let call = OpCall::AvgForward {
+                x: x.raw.clone(),
+                spec: *spec,
+                count_include_pad,
             };
-            return self.via_f32(sink, OP, dt, &[Some(x)], out, body);
-        }
-        self.check_inputs(sink, OP, &[&x.raw])?;
-        let y = self.target(sink, OP, &out, &g.y_shape(), &[&x.raw])?;
-        if y.len > 0 {
-            let buffers = Buffers {
-                x: Some(&x.raw),
-                out: Some(&y),
-                ..Default::default()
-            };
-            let kind = PoolKind::AvgForward;
-            self.run_pool(sink, OP, kind, &g, count_include_pad, buffers)?;
-        }
-        let call = OpCall::AvgForward {
-            x: x.raw.clone(),
-            spec: *spec,
-            count_include_pad,
+            self.finish(sink, out, y, Some((call, None, None)))
         };
-        self.finish(sink, out, y, Some((call, None, None)))
+        match self.staged_dtype(OP, &[Some(x)], out.given())? {
+            Some(dt) => self.reading_16bit(sink, OP, dt, &[&x.raw], out, run),
+            None => run(sink, out),
+        }
     }
 
     pub(crate) fn avg_pool2d_backward_op(
@@ -184,31 +198,30 @@ impl Gpu {
     ) -> Result<Option<Tensor>> {
         const OP: &str = "avg_pool2d_backward";
         let g = spec.backward_geometry(dims4(&dy.raw, "dy")?, input_hw, true)?;
-        if let Some(dt) = self.staged_dtype(OP, &[Some(dy)], out.given())? {
-            let cip = count_include_pad;
-            let body = |sink: &mut Sink<'_>, t: &[Option<&Tensor>], out: Out<'_>| {
-                self.avg_pool2d_backward_op(sink, operand(t, 0), input_hw, spec, cip, out)
+        let run = |sink: &mut Sink<'_>, out: Out<'_>| {
+            self.check_inputs(sink, OP, &[&dy.raw])?;
+            let dx = self.target(sink, OP, &out, &g.x_shape(), &[&dy.raw])?;
+            if dx.len > 0 {
+                let buffers = Buffers {
+                    dy: Some(&dy.raw),
+                    out: Some(&dx),
+                    ..Default::default()
+                };
+                let (kind, cip) = (PoolKind::AvgBackward, count_include_pad);
+                self.run_pool(sink, OP, kind, &g, cip, dy.dtype(), buffers)?;
+            }
+            let call = OpCall::AvgBackward {
+                dy: dy.raw.clone(),
+                input_hw,
+                spec: *spec,
+                count_include_pad,
             };
-            return self.via_f32(sink, OP, dt, &[Some(dy)], out, body);
-        }
-        self.check_inputs(sink, OP, &[&dy.raw])?;
-        let dx = self.target(sink, OP, &out, &g.x_shape(), &[&dy.raw])?;
-        if dx.len > 0 {
-            let buffers = Buffers {
-                dy: Some(&dy.raw),
-                out: Some(&dx),
-                ..Default::default()
-            };
-            let kind = PoolKind::AvgBackward;
-            self.run_pool(sink, OP, kind, &g, count_include_pad, buffers)?;
-        }
-        let call = OpCall::AvgBackward {
-            dy: dy.raw.clone(),
-            input_hw,
-            spec: *spec,
-            count_include_pad,
+            self.finish(sink, out, dx, Some((call, None, None)))
         };
-        self.finish(sink, out, dx, Some((call, None, None)))
+        match self.staged_dtype(OP, &[Some(dy)], out.given())? {
+            Some(dt) => self.reading_16bit(sink, OP, dt, &[&dy.raw], out, run),
+            None => run(sink, out),
+        }
     }
 
     /// Max-pool on the GPU: values and u32 argmax indices (flat `h * W + w` in the input
@@ -319,10 +332,10 @@ impl Gpu {
 }
 
 impl Gpu {
-    /// Max-pool forward of a 16-bit `x` through f32 staging (see `staged.rs`): the values and
-    /// indices are the f32 op's on the widened `x`, the values rounded once (exactly: a max
-    /// is one of the inputs) into `dt` or written into an f32 output.
-    fn max_pool2d_forward_staged(
+    /// Max-pool forward of a 16-bit `x`, read directly (see `kernels/storage.rs`): the values
+    /// and indices are the f32 op's on the widened `x`, the values rounded once (exactly: a
+    /// max is one of the inputs) into `dt` or written into an f32 output.
+    fn max_pool2d_forward_16bit(
         &self,
         sink: &mut Sink<'_>,
         x: &Tensor,
@@ -332,16 +345,15 @@ impl Gpu {
     ) -> Result<Option<(Tensor, IndexTensor)>> {
         const OP: &str = "max_pool2d_forward";
         self.check_inputs(sink, OP, &[&x.raw])?;
-        let x32 = self.cast_raw(sink, &x.raw, DType::F32)?;
         match outs {
             None => {
                 let (y, idx) = self
-                    .max_pool2d_forward_op(sink, &x32, spec, None)?
+                    .max_pool2d_forward_run(sink, x, spec, None)?
                     .ok_or_else(no_result)?;
                 Ok(Some((self.cast_raw(sink, &y.raw, dt)?, idx)))
             }
             Some((y, idx)) if y.dtype() == DType::F32 => {
-                self.max_pool2d_forward_op(sink, &x32, spec, Some((y, idx)))
+                self.max_pool2d_forward_run(sink, x, spec, Some((y, idx)))
             }
             Some((y, idx)) => {
                 let shape = spec.max_geometry(dims4(&x.raw, "x")?)?.y_shape();
@@ -349,7 +361,7 @@ impl Gpu {
                 let mut y32 = Tensor {
                     raw: self.alloc(&shape, "max_pool2d_forward staged output")?,
                 };
-                self.max_pool2d_forward_op(sink, &x32, spec, Some((&mut y32, idx)))?;
+                self.max_pool2d_forward_run(sink, x, spec, Some((&mut y32, idx)))?;
                 self.cast_into(sink, &y32.raw, y)?;
                 Ok(None)
             }

@@ -15,6 +15,7 @@ use crate::spec::{Conv2dSpec, Pool2dSpec};
 /// A dispatch whose bindings own their buffer handles, so that it can be encoded later.
 pub(crate) struct OwnedDispatch {
     pub kernel: super::kernels::Kernel,
+    pub storage: super::kernels::Storage,
     pub params: Vec<u8>,
     pub bindings: Vec<(wgpu::Buffer, u64, u64)>,
     pub items: u64,
@@ -117,6 +118,7 @@ impl Record {
             .iter()
             .map(|d| OwnedDispatch {
                 kernel: d.kernel,
+                storage: d.storage,
                 params: d.params.clone(),
                 bindings: d
                     .bindings
@@ -228,6 +230,7 @@ impl Gpu {
                         .iter()
                         .map(|d| Dispatch {
                             kernel: d.kernel,
+                            storage: d.storage,
                             params: d.params.clone(),
                             bindings: d
                                 .bindings

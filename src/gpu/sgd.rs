@@ -2,7 +2,7 @@
 //! multiplier of mixed-precision training's loss scaling.
 
 use super::check::verdict;
-use super::kernels::{Kernel, SgdParams};
+use super::kernels::{Kernel, SgdParams, Storage};
 use super::{Bind, Dispatch, Gpu, Tensor};
 use crate::error::{Error, Result};
 use crate::reference::nn as reference;
@@ -100,6 +100,7 @@ impl Gpu {
                 };
                 ds.push(Dispatch {
                     kernel: Kernel::SgdStep,
+                    storage: Storage::F32,
                     params: bytemuck::bytes_of(&params).to_vec(),
                     bindings: vec![pb, gb, bb],
                     items: (e1 - e0) as u64,

@@ -82,21 +82,53 @@ impl Gpu {
             })
             .collect::<Result<Vec<_>>>()?;
         let wide: Vec<Option<&Tensor>> = wide.iter().map(Option::as_ref).collect();
+        self.rounded_out(sink, dtype, out, |sink, out| body(sink, &wide, out))
+    }
+
+    /// Runs `body`, an op that reads its 16-bit `operands` (of `dtype`) directly and writes an
+    /// f32 result (kernels on [`Storage`](super::kernels::Storage) paths), that result rounded
+    /// once as [`Gpu::via_f32`]'s is.
+    pub(crate) fn reading_16bit(
+        &self,
+        sink: &mut Sink<'_>,
+        op: &str,
+        dtype: DType,
+        operands: &[&Raw],
+        out: Out<'_>,
+        body: impl FnOnce(&mut Sink<'_>, Out<'_>) -> Result<Option<Tensor>>,
+    ) -> Result<Option<Tensor>> {
+        self.check_inputs(sink, op, operands)?;
+        if let Some(t) = out.given() {
+            let shape = t.shape().to_vec();
+            self.target(sink, op, &out, &shape, operands)?;
+        }
+        self.rounded_out(sink, dtype, out, body)
+    }
+
+    /// `body`'s f32 result rounded once to `dtype` for a new tensor or a 16-bit output (a
+    /// 16-bit gradient gets `round(old + sum)`), or written by `body` straight into an f32 one.
+    fn rounded_out(
+        &self,
+        sink: &mut Sink<'_>,
+        dtype: DType,
+        out: Out<'_>,
+        body: impl FnOnce(&mut Sink<'_>, Out<'_>) -> Result<Option<Tensor>>,
+    ) -> Result<Option<Tensor>> {
         match out {
             Out::New => {
-                let r = body(sink, &wide, Out::New)?.ok_or_else(no_result)?;
+                let r = body(sink, Out::New)?.ok_or_else(no_result)?;
                 Ok(Some(self.cast_raw(sink, &r.raw, dtype)?))
             }
-            Out::Into(t) if t.dtype() == DType::F32 => body(sink, &wide, Out::Into(t)),
-            Out::Accumulate(t) if t.dtype() == DType::F32 => body(sink, &wide, Out::Accumulate(t)),
+            Out::Into(t) if t.dtype() == DType::F32 => body(sink, Out::Into(t)),
+            Out::Accumulate(t) if t.dtype() == DType::F32 => body(sink, Out::Accumulate(t)),
             Out::Into(t) => {
-                let r = body(sink, &wide, Out::New)?.ok_or_else(no_result)?;
+                let r = body(sink, Out::New)?.ok_or_else(no_result)?;
                 self.cast_into(sink, &r.raw, t)?;
                 Ok(None)
             }
             Out::Accumulate(t) => {
                 let mut sum = self.cast_raw(sink, &t.raw, DType::F32)?;
-                body(sink, &wide, Out::Accumulate(&mut sum))?;
+                body(sink, Out::Accumulate(&mut sum))?;
                 self.cast_into(sink, &sum.raw, t)?;
                 Ok(None)
             }

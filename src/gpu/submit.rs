@@ -291,9 +291,13 @@ impl Gpu {
             timestamp_writes,
         });
         for (d, &(gx, gy)) in dispatches.iter().zip(&grids) {
-            let compiled =
-                self.pipelines
-                    .get(&self.device, d.kernel, self.runtime_checks, aliased(d));
+            let compiled = self.pipelines.get(
+                &self.device,
+                d.kernel,
+                d.storage,
+                self.runtime_checks,
+                aliased(d),
+            );
             let uniform = self.take_buffer(BufferKind::Uniform, d.params.len() as u64);
             self.queue.write_buffer(uniform.buffer(), 0, &d.params);
             let mut entries = vec![wgpu::BindGroupEntry {
@@ -349,6 +353,7 @@ impl Gpu {
             .iter()
             .map(|s| Dispatch {
                 kernel: s.kernel,
+                storage: s.storage,
                 params: s.params.clone(),
                 bindings: s
                     .binds

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use super::{Access, Kernel, source};
+use super::{Access, Kernel, Storage, source};
 
 /// A compiled kernel and the layout its bind groups take.
 #[derive(Clone)]
@@ -13,11 +13,12 @@ pub(crate) struct Pipeline {
     pub layout: wgpu::BindGroupLayout,
 }
 
-/// Compiled pipelines, keyed by kernel (which includes its specialisation, e.g. the tile) and
-/// by whether its storage bindings are all `read_write` (see [`aliased_source`]).
+/// Compiled pipelines, keyed by kernel (which includes its specialisation, e.g. the tile), by
+/// the storage of its 16-bit-capable operands and by whether its storage bindings are all
+/// `read_write` (see [`aliased_source`]).
 #[derive(Default)]
 pub(crate) struct PipelineCache {
-    map: Mutex<HashMap<(Kernel, bool), Pipeline>>,
+    map: Mutex<HashMap<(Kernel, Storage, bool), Pipeline>>,
 }
 
 /// The variant of a kernel for a dispatch that binds one buffer both as an input and as an
@@ -78,12 +79,13 @@ impl PipelineCache {
         &self,
         device: &wgpu::Device,
         kernel: Kernel,
+        storage: Storage,
         runtime_checks: bool,
         aliased: bool,
     ) -> Pipeline {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        map.entry((kernel, aliased))
-            .or_insert_with(|| compile(device, kernel, runtime_checks, aliased))
+        map.entry((kernel, storage, aliased))
+            .or_insert_with(|| compile(device, kernel, storage, runtime_checks, aliased))
             .clone()
     }
 
@@ -92,7 +94,13 @@ impl PipelineCache {
     }
 }
 
-fn compile(device: &wgpu::Device, kernel: Kernel, runtime_checks: bool, aliased: bool) -> Pipeline {
+fn compile(
+    device: &wgpu::Device,
+    kernel: Kernel,
+    storage: Storage,
+    runtime_checks: bool,
+    aliased: bool,
+) -> Pipeline {
     // Kernel tuning without a rebuild: WGCONV_SHADER_DIR=dir loads dir/<name>.wgsl (joined with
     // the built-in library) instead of the built-in file where such a file exists.
     let source = std::env::var_os("WGCONV_SHADER_DIR")
@@ -103,6 +111,11 @@ fn compile(device: &wgpu::Device, kernel: Kernel, runtime_checks: bool, aliased:
         .map_or(std::borrow::Cow::Borrowed(kernel.source()), |file| {
             std::borrow::Cow::Owned(source::assemble(&file))
         });
+    let source = if storage != Storage::F32 {
+        std::borrow::Cow::Owned(storage.specialise(&source))
+    } else {
+        source
+    };
     let source = if aliased {
         std::borrow::Cow::Owned(aliased_source(&source))
     } else {

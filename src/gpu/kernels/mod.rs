@@ -9,6 +9,7 @@
 mod cache;
 mod params;
 pub mod source;
+mod storage;
 mod tile;
 
 use std::sync::OnceLock;
@@ -22,6 +23,7 @@ pub use params::{
     SgdParams, WinogradParams,
 };
 pub(crate) use params::{overflow, sizes, to_i32_bits, to_u32};
+pub use storage::Storage;
 pub use tile::Tile;
 
 /// Outputs per invocation of `conv2d_depthwise.wgsl` and `conv2d_depthwise_backward_input.wgsl`

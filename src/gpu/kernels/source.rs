@@ -9,7 +9,12 @@
 //! built-in kernels resolves.
 
 /// The shared WGSL pieces, by the path a kernel's include line names.
-pub const LIBRARY: [(&str, &str); 14] = [
+pub const LIBRARY: [(&str, &str); 15] = [
+    // The f32 piece; a pipeline on another storage path swaps it (storage.rs).
+    (
+        super::storage::ELEM,
+        include_str!("../../../shaders/lib/elem.wgsl"),
+    ),
     (
         "lib/dtype.wgsl",
         include_str!("../../../shaders/lib/dtype.wgsl"),

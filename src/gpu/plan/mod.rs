@@ -26,7 +26,7 @@ pub use pool::{PoolKind, pool};
 pub use profile::{DeviceProfile, ProfileOptions};
 pub use rules::*;
 
-use super::kernels::Kernel;
+use super::kernels::{Kernel, Storage};
 
 /// The tensor a binding of a [`Step`] refers to; the op body supplies the buffers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -88,6 +88,8 @@ pub struct Step {
     pub binds: Vec<Slot>,
     /// Work items.
     pub items: u64,
+    /// How the kernel reads its 16-bit-capable operands (f32 unless [`Step::reading`] says).
+    pub storage: Storage,
 }
 
 impl Step {
@@ -103,7 +105,13 @@ impl Step {
             params: bytemuck::bytes_of(params).to_vec(),
             binds,
             items: items as u64,
+            storage: Storage::F32,
         }
+    }
+
+    /// This step with its 16-bit-capable operands read in `storage`.
+    pub fn reading(self, storage: Storage) -> Step {
+        Step { storage, ..self }
     }
 }
 
@@ -111,7 +119,11 @@ impl std::fmt::Display for Step {
     /// One line: the kernel, its items, its bindings and its params by field name, e.g.
     /// `ReducePartials items=64 binds=[Partial:0+256,Out:0+256] elems=64 splits=1 ...`.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:?} items={} binds=[", self.kernel, self.items)?;
+        write!(f, "{:?} items={}", self.kernel, self.items)?;
+        if self.storage != Storage::F32 {
+            write!(f, " reading={}", self.storage)?;
+        }
+        write!(f, " binds=[")?;
         for (i, b) in self.binds.iter().enumerate() {
             let sep = if i > 0 { "," } else { "" };
             write!(f, "{sep}{:?}:{}+{}", b.role, b.offset, b.size)?;

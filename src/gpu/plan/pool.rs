@@ -2,8 +2,9 @@
 //! planes (N·C) chunked so that every tensor's window fits a binding.
 
 use super::{DeviceProfile, Role, Step};
+use crate::dtype::DType;
 use crate::error::Result;
-use crate::gpu::kernels::{Kernel, PoolParams, sizes, to_u32};
+use crate::gpu::kernels::{Kernel, PoolParams, Storage, sizes, to_u32};
 use crate::spec::Pool2dGeometry;
 
 /// The four pool ops.
@@ -94,17 +95,21 @@ fn pool_params(g: &Pool2dGeometry, count_include_pad: bool) -> Result<PoolParams
 }
 
 /// The dispatches of a pool op on a geometry whose result is not empty (`count_include_pad`
-/// matters to avg-pool only): chunks of whole planes, or, for planes larger than a binding,
-/// ranges of rows of one plane at a time (with the rows of the other tensor its windows reach).
+/// matters to avg-pool only), reading its operand (x or dy) of `dtype` in the device's storage
+/// for it and writing an f32 result: chunks of whole planes, or, for planes larger than a
+/// binding, ranges of rows of one plane at a time (with the rows of the other tensor its
+/// windows reach). A 16-bit operand's windows and chunks count its 2-byte elements.
 pub fn pool(
     p: &DeviceProfile,
     kind: PoolKind,
     g: &Pool2dGeometry,
     count_include_pad: bool,
+    dtype: DType,
 ) -> Result<Vec<Step>> {
     let mut base = pool_params(g, count_include_pad)?;
     let planes = g.n * g.c;
     let (kernel, tensors) = kind.layout();
+    let storage = p.storage(dtype);
     let (in_unit, out_unit) = (g.h * g.w, g.oh * g.ow);
     let unit = |per_output_plane: bool| if per_output_plane { out_unit } else { in_unit };
     // One invocation per element of the result's plane.
@@ -114,13 +119,14 @@ pub fn pool(
     }
     // Every row of the result from row 0, unless a plane is split.
     base.rows = to_u32(if kind.is_forward() { g.oh } else { g.h }, "result rows")?;
+    // In 4-byte words, which is what a binding's elements count.
     let units: Vec<(usize, &str)> = tensors
         .iter()
-        .map(|&(_, what, o)| (unit(o), what))
+        .map(|&(role, what, o)| (words(unit(o), storage_of(role, storage)), what))
         .collect();
     let max_elems = p.binding_elems();
     if units.iter().any(|&(u, _)| u > max_elems) {
-        return plane_rows(p, kind, g, base, max_elems);
+        return plane_rows(p, kind, g, base, max_elems, storage);
     }
     let mut steps = Vec::new();
     for (p0, p1) in p.chunks(planes, &units)? {
@@ -130,13 +136,27 @@ pub fn pool(
         let mut binds = Vec::new();
         for &(role, _, per_output) in tensors {
             let u = unit(per_output);
-            let (slot, off) = p.window(role, p0 * u, p1 * u);
+            let (slot, off) = p.window_in(storage_of(role, storage), role, p0 * u, p1 * u);
             set_offset(&mut params, role, off);
             binds.push(slot);
         }
-        steps.push(Step::new(kernel, &params, binds, params.total as usize));
+        steps.push(Step::new(kernel, &params, binds, params.total as usize).reading(storage));
     }
     Ok(steps)
+}
+
+/// The storage of a pool binding: the operand's (x, dy) is `operand`'s, the others are f32 (the
+/// result) or u32 (the indices).
+fn storage_of(role: Role, operand: Storage) -> Storage {
+    match role {
+        Role::X | Role::Dy => operand,
+        _ => Storage::F32,
+    }
+}
+
+/// 4-byte words that `elems` elements of `storage` take.
+fn words(elems: usize, storage: Storage) -> usize {
+    (elems * storage.elem_bytes()).div_ceil(4)
 }
 
 fn set_offset(params: &mut PoolParams, role: Role, off: u32) {
@@ -157,6 +177,7 @@ fn plane_rows(
     g: &Pool2dGeometry,
     base: PoolParams,
     max_elems: usize,
+    storage: Storage,
 ) -> Result<Vec<Step>> {
     let s = &g.spec;
     let (k, st, pad, d) = (s.kernel[0], s.stride[0], s.padding[0], s.dilation[0]);
@@ -226,7 +247,8 @@ fn plane_rows(
                     )
                 };
                 let start = plane * plane_elems + first * w;
-                let (slot, off) = p.window(role, start, plane * plane_elems + last * w);
+                let end = plane * plane_elems + last * w;
+                let (slot, off) = p.window_in(storage_of(role, storage), role, start, end);
                 // Results count from row r0 (the kernel's local id); sources from the plane's
                 // row 0 (the kernel's plane coordinates), wrapping.
                 let off = if result {
@@ -237,7 +259,7 @@ fn plane_rows(
                 set_offset(&mut params, role, off);
                 binds.push(slot);
             }
-            steps.push(Step::new(kernel, &params, binds, params.total as usize));
+            steps.push(Step::new(kernel, &params, binds, params.total as usize).reading(storage));
         }
     }
     Ok(steps)

@@ -4,9 +4,10 @@
 use super::Role;
 use super::Slot;
 use super::rules::{MAX_BINDING, SPLIT_TARGET_CPU, SPLIT_TARGET_GPU, default_tile};
+use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::gpu::Algorithm;
-use crate::gpu::kernels::Tile;
+use crate::gpu::kernels::{Storage, Tile};
 
 /// The device as plans see it. [`Gpu`](crate::Gpu) builds one from its adapter and options
 /// ([`Gpu::profile`](crate::Gpu::profile)); tests build their own to plan without a GPU.
@@ -38,6 +39,10 @@ pub struct DeviceProfile {
     /// ([`backward_input_by_taps`](super::backward_input_by_taps)). On CPU drivers by default;
     /// off on GPUs until one measures it (the tuner tries it).
     pub taps_dx: bool,
+    /// f16 operands read as WGSL's `f16` (the device has `SHADER_F16`, enabled by the
+    /// context, and the packed path is not forced); otherwise packed in `u32` words. See
+    /// [`Storage::for_dtype`].
+    pub native_f16: bool,
 }
 
 /// The options of [`GpuBuilder`](crate::GpuBuilder) that a profile takes.
@@ -55,6 +60,8 @@ pub struct ProfileOptions {
     pub max_workspace_bytes: Option<u64>,
     /// See [`GpuBuilder::taps_dx`](crate::GpuBuilder::taps_dx); `None`: on CPU drivers only.
     pub taps_dx: Option<bool>,
+    /// The device reads f16 natively (see [`DeviceProfile::native_f16`]).
+    pub native_f16: bool,
 }
 
 impl DeviceProfile {
@@ -97,6 +104,7 @@ impl DeviceProfile {
             // Measured 7-8x faster on lavapipe for the stem's dx (docs/PERF.md); a GPU's plan
             // keeps the stride phases until one measures it.
             taps_dx: options.taps_dx.unwrap_or(cpu),
+            native_f16: options.native_f16,
         };
         let tile = profile.tile;
         if !profile.fits(tile) {
@@ -136,11 +144,23 @@ impl DeviceProfile {
     /// Binds elements `[start, end)` of `role`: the window starts at the alignment boundary at
     /// or below `start`; returns the binding and `start`'s element offset inside it.
     pub fn window(&self, role: Role, start: usize, end: usize) -> (Slot, u32) {
-        let first = start as u64 * 4;
+        self.window_in(Storage::F32, role, start, end)
+    }
+
+    /// [`DeviceProfile::window`] of a tensor whose elements take `storage`'s bytes (a 16-bit
+    /// window is whole words: its end rounded up to one).
+    pub fn window_in(&self, storage: Storage, role: Role, start: usize, end: usize) -> (Slot, u32) {
+        let bytes = storage.elem_bytes() as u64;
+        let first = start as u64 * bytes;
         let offset = first / self.align * self.align;
-        let size = end.max(start + 1) as u64 * 4 - offset;
-        let elem_off = ((first - offset) / 4) as u32;
+        let size = (end.max(start + 1) as u64 * bytes).next_multiple_of(4) - offset;
+        let elem_off = ((first - offset) / bytes) as u32;
         (Slot { role, offset, size }, elem_off)
+    }
+
+    /// How this device's kernels read operands of `dtype` (see [`Storage::for_dtype`]).
+    pub fn storage(&self, dtype: DType) -> Storage {
+        Storage::for_dtype(dtype, self.native_f16)
     }
 
     /// Items per chunk such that every chunked tensor's window (`unit` elements per item, plus
